@@ -1,0 +1,13 @@
+"""openclip_distill: distill large vision-language models into small OpenCLIP students.
+
+Importing the package registers its student model configs with OpenCLIP and its losses with
+the loss registry (``list_losses()``, ``create_distill_loss(name, **kw)``, ``register_loss``).
+"""
+from .version import __version__
+from .errors import DistillUsageError
+from .registry import create_distill_loss, list_losses, register_loss
+from .models import list_student_models, register_model_configs
+from . import losses  # noqa: F401  (registers the built-in losses)
+from .losses import DimeFMLoss, ClipDistillLoss
+
+register_model_configs()

@@ -1,0 +1,87 @@
+"""OpenCLIP-format checkpoints, written atomically and readable with ``weights_only=True``.
+
+A checkpoint holds ``epoch``, ``name``, ``state_dict`` (the unwrapped student, so plain
+``open_clip.create_model_and_transforms(name, pretrained=path)`` loads it), ``optimizer``,
+optionally ``scaler``, and our own primitive fields (``step``, ``stage``, ``distill_loss``).
+"""
+import glob
+import logging
+import os
+import re
+
+import torch
+
+from .errors import DistillUsageError
+
+LATEST_CHECKPOINT_NAME = "epoch_latest.pt"
+
+
+def atomic_torch_save(obj, path: str) -> None:
+    """Write to a temporary name in the same folder, fsync, then rename over ``path``."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def build_checkpoint(model, optimizer, scaler, *, epoch: int, step: int, name: str, stage: str = "distill",
+                     extra=None) -> dict:
+    ckpt = {
+        "epoch": int(epoch),
+        "step": int(step),
+        "stage": str(stage),
+        "name": str(name),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict() if optimizer is not None else {},
+    }
+    if scaler is not None:
+        ckpt["scaler"] = scaler.state_dict()
+    if extra:
+        ckpt.update(extra)
+    return ckpt
+
+
+def _natural_key(s: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s.lower())]
+
+
+def find_latest_checkpoint(checkpoint_dir: str):
+    """The newest ``epoch_*.pt`` in ``checkpoint_dir`` (``epoch_latest.pt`` wins when present)."""
+    latest = os.path.join(checkpoint_dir, LATEST_CHECKPOINT_NAME)
+    if os.path.isfile(latest):
+        return latest
+    found = [p for p in glob.glob(os.path.join(checkpoint_dir, "epoch_*.pt"))]
+    return sorted(found, key=_natural_key)[-1] if found else None
+
+
+def load_checkpoint(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise DistillUsageError(f"--resume: checkpoint {path!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file
+        raise DistillUsageError(f"--resume: cannot read checkpoint {path!r} ({type(e).__name__}); "
+                                f"pass another file or --resume latest") from None
+
+
+def strip_module_prefix(state_dict: dict) -> dict:
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        return {k[len("module."):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def restore_training_state(ckpt: dict, model, optimizer, scaler) -> tuple:
+    """Load model/optimizer/scaler state; returns (start_epoch, global_step)."""
+    model.load_state_dict(strip_module_prefix(ckpt["state_dict"]))
+    if optimizer is not None and ckpt.get("optimizer"):
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if scaler is not None and "scaler" in ckpt:
+        scaler.load_state_dict(ckpt["scaler"])
+    logging.info(f"=> resumed from epoch {ckpt['epoch']} (step {ckpt.get('step', 0)})")
+    return int(ckpt["epoch"]), int(ckpt.get("step", 0))

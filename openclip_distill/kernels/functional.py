@@ -1,0 +1,131 @@
+"""User-facing functional API; dispatches to an implementation by ``impl``.
+
+Implementations (``IMPLS``):
+
+* ``"naive"``   -- materialised fp32 logits (``naive.py``); the oracle.
+* ``"chunked"`` -- tiled PyTorch ``autograd.Function``s (``chunked.py``), any device, O(N + M) saved state.
+* ``"triton"``  -- fused Triton kernels (``triton_ops.py``); CUDA tensors, or CPU under ``TRITON_INTERPRET=1``.
+* ``"auto"``    -- ``"triton"`` for CUDA tensors when Triton is importable, else ``"chunked"``.
+
+``distributed``: ``None`` (default) = distributed iff ``torch.distributed`` is initialised with world_size > 1;
+``True`` = require it; ``False`` = always the local batch only. Distributed, each rank passes its *local*
+rows; the right-hand side (texts / ``student_b`` / ``teacher_b``) is all-gathered with gradient and the
+rank's loss covers its own rows and its own columns. Then ``mean over ranks of the returned losses`` equals
+the single-process loss on the concatenated batch, and the gradient reaching each rank's features is
+``world_size`` times the global gradient of those features, which DDP's gradient averaging turns into the
+global parameter gradient (OpenCLIP ``ClipLoss(local_loss=True, gather_with_grad=True)`` convention; see
+``distributed.py``).
+"""
+import torch
+
+from . import chunked
+from .distributed import GatherCache, World, distributed_layout, gather_sizes, resolve_world
+from .layout import LossLayout
+from .naive import contrastive_loss_naive, similarity_kl_loss_naive
+from .naive_distributed import contrastive_loss_naive_distributed, similarity_kl_loss_naive_distributed
+from .scale import scale_tensor
+from .triton_support import check_triton_usable, triton_importable
+
+IMPLS = ("auto", "naive", "chunked", "triton")
+
+
+def resolve_impl(impl: str, like: torch.Tensor) -> str:
+    """Validate ``impl`` and resolve ``"auto"`` for tensors like ``like``."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        return "triton" if like.is_cuda and triton_importable() else "chunked"
+    if impl == "triton":
+        check_triton_usable(like)
+    return impl
+
+
+def _fused(impl: str):
+    if impl == "chunked":
+        return chunked.infonce_logsumexp_chunked, chunked.similarity_kl_chunked
+    from . import triton_ops
+    return triton_ops.infonce_logsumexp_triton, triton_ops.similarity_kl_triton
+
+
+def contrastive_loss(image_features, text_features, logit_scale, *, impl="auto", distributed=None):
+    """Symmetric InfoNCE, equal to OpenCLIP ``ClipLoss`` on one process (CLIP, Radford et al. 2021):
+
+        S = logit_scale * I T^T,   L = 1/2 (CE(S, diag) + CE(S^T, diag))
+
+    Features are used as given (normalise them first). ``I`` and ``T`` are paired: same number of rows.
+    ``logit_scale``: python float or 0-d/1-element tensor (receives a gradient when it requires one).
+    ``distributed``: see the module docstring.
+    """
+    impl = resolve_impl(impl, image_features)
+    if image_features.shape[0] != text_features.shape[0]:
+        raise ValueError(f"contrastive_loss needs paired features, got {image_features.shape[0]} images and "
+                         f"{text_features.shape[0]} texts")
+    world = resolve_world(distributed)
+    if impl == "naive":
+        if world is None:
+            return contrastive_loss_naive(image_features, text_features, logit_scale)
+        return contrastive_loss_naive_distributed(world, image_features, text_features, logit_scale)
+    scale = scale_tensor(logit_scale, image_features)
+    texts, layout = _columns_and_layout(world, image_features, text_features, lambda n, m: (0.5 / n, 0.5 / m))
+    infonce_logsumexp, _ = _fused(impl)
+    lse_terms = infonce_logsumexp(image_features, texts, scale, layout)
+    # Target logits S_ii are linear in the features: the plain-autograd part of the loss, O(N d).
+    target_logits = scale * (image_features.float() * text_features.float()).sum()
+    return lse_terms - (layout.row_weight + layout.col_weight) * target_logits
+
+
+def similarity_kl_loss(student_a, student_b, teacher_a, teacher_b, *, student_scale, teacher_scale,
+                       temperature=1.0, bidirectional=True, impl="auto", distributed=None):
+    """DIME-FM similarity KL (DESIGN.md section 2), teacher as target, batchmean, no tau^2 factor:
+
+        A = teacher_scale * teacher_a teacher_b^T / tau,   B = student_scale * student_a student_b^T / tau
+        L = KL_rows(A, B) [+ KL_rows(A^T, B^T) when bidirectional]
+
+    Rectangular (N != M) allowed; teacher and student widths may differ. ``student_b`` may be ``teacher_b``
+    (frozen teacher text tower) or ``student_a`` (self-similarity; both uses get gradient). Gradients reach
+    the student tensors and ``student_scale`` (when a tensor requiring grad), never the teacher tensors.
+    ``distributed``: see the module docstring.
+    """
+    impl = resolve_impl(impl, student_a)
+    if student_a.shape[0] != teacher_a.shape[0] or student_b.shape[0] != teacher_b.shape[0]:
+        raise ValueError("similarity_kl_loss: student_a/teacher_a and student_b/teacher_b must have the same rows, got "
+                         f"{tuple(student_a.shape)}, {tuple(teacher_a.shape)}, {tuple(student_b.shape)}, "
+                         f"{tuple(teacher_b.shape)}")
+    world = resolve_world(distributed)
+    if impl == "naive":
+        kwargs = dict(student_scale=student_scale, teacher_scale=teacher_scale, temperature=temperature,
+                      bidirectional=bidirectional)
+        if world is None:
+            return similarity_kl_loss_naive(student_a, student_b, teacher_a, teacher_b, **kwargs)
+        return similarity_kl_loss_naive_distributed(world, student_a, student_b, teacher_a, teacher_b, **kwargs)
+    inv_tau = 1.0 / float(temperature)
+    student_mult = scale_tensor(student_scale, student_a) * inv_tau
+    teacher_mult = scale_tensor(teacher_scale, teacher_a).detach() * inv_tau
+    teacher_a = teacher_a.detach() if teacher_a.requires_grad else teacher_a
+    teacher_b = teacher_b.detach() if teacher_b.requires_grad else teacher_b
+    weights = (lambda n, m: (1.0 / n, 1.0 / m)) if bidirectional else (lambda n, m: (1.0 / n, 0.0))
+    gathered, layout = _columns_and_layout(world, student_a, [student_b, teacher_b], weights)
+    _, similarity_kl = _fused(impl)
+    return similarity_kl(student_a, gathered[0], teacher_a, gathered[1], student_mult, teacher_mult, layout)
+
+
+def _columns_and_layout(world: World, rows: torch.Tensor, columns, weights):
+    """Column tensors of the local block (gathered when distributed) and its ``LossLayout``.
+
+    ``weights(N, M)`` gives the single-process (row, column) weights for global sizes N, M.
+    """
+    single = isinstance(columns, torch.Tensor)
+    column_list = [columns] if single else list(columns)
+    num_cols = column_list[0].shape[0]
+    if world is None:
+        row_weight, col_weight = weights(rows.shape[0], num_cols)
+        layout = LossLayout.local(num_cols, row_weight=row_weight, col_weight=col_weight)
+    else:
+        row_sizes = gather_sizes(world, rows.shape[0], rows.device)
+        col_sizes = gather_sizes(world, num_cols, rows.device)
+        row_weight, col_weight = weights(sum(row_sizes), sum(col_sizes))
+        layout = distributed_layout(world, row_sizes, col_sizes, row_weight_global=row_weight,
+                                    col_weight_global=col_weight)
+        gather = GatherCache(world, col_sizes)
+        column_list = [gather(c) for c in column_list]
+    return (column_list[0] if single else column_list), layout

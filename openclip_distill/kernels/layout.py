@@ -1,0 +1,35 @@
+"""Which rows/columns of a similarity matrix this process owns, and how they are weighted.
+
+The fused losses see a *local* block ``S = rows @ cols^T`` (``n`` local rows against all ``M`` columns).
+A ``LossLayout`` says how that block's per-row and per-column terms enter the loss:
+
+    loss = row_weight * sum_{local rows i} term_row(i) + col_weight * sum_{j in [col_start, col_stop)} term_col(j)
+
+On one process ``rows`` is the whole left side and ``[col_start, col_stop) = [0, M)``; the weights are
+``1/N``, ``1/M`` (batch means). In a distributed run the columns are the gathered right side, every rank
+owns the columns that came from its own rows, the per-column softmax statistics are completed across
+ranks with ``reduce_column_stats`` and the weights carry the factor ``world_size`` (see
+``distributed.py`` for the exact convention). ``col_weight == 0`` means "rows only" (no column stats).
+"""
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+
+@dataclass(frozen=True)
+class LossLayout:
+    row_weight: float
+    col_weight: float
+    col_start: int
+    col_stop: int
+    # reduce_column_stats(maxima: list[Tensor[M]], sums: list[list[Tensor[M]]]) -> same structure, merged
+    # over all ranks; ``None`` on a single process.
+    reduce_column_stats: Optional[Callable] = None
+
+    @property
+    def has_columns(self) -> bool:
+        return self.col_weight != 0.0
+
+    @staticmethod
+    def local(num_cols: int, *, row_weight: float, col_weight: float) -> "LossLayout":
+        """Single-process layout: every column is owned, no cross-process reduction."""
+        return LossLayout(row_weight=row_weight, col_weight=col_weight, col_start=0, col_stop=num_cols)

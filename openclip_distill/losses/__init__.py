@@ -1,0 +1,3 @@
+"""Distillation losses, registered by name (``list_losses()``)."""
+from .dime_fm import DimeFMLoss
+from .clip_distill import ClipDistillLoss

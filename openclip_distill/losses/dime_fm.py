@@ -1,0 +1,82 @@
+"""DIME-FM losses (Sun et al., ICCV 2023): distillation from *unpaired* images and sentences.
+
+With ``n(x)`` the row-wise L2 normalisation, ``s`` the fixed logit scale (100), teacher features
+``v_t`` (images), ``t_t`` (sentences), student image features ``v_s`` and student text side ``t``
+(``n(t_t)`` when the student reuses the frozen teacher text tower, else ``n(t_s)``):
+
+    L_vl    =     KL_bi  (s n(v_t) n(t_t)^T,  s n(v_s) t^T        ; tau_vl)
+    L_pvl   = 2 * KL_rows(s n(v_t) n(v_t)^T,  s n(v_s) n(v_t)^T   ; tau_pvl)  (+ text analogue)
+    L_udist = 2 * KL_rows(s n(v_t) n(v_t)^T,  s n(v_s) n(v_s)^T   ; tau_ud)   (+ text analogue)
+
+``KL_rows`` is the batch-mean row-wise KL(teacher softmax || student softmax), ``KL_bi`` adds the
+column direction. Official defaults (sunxm2357/DIME-FM): tau = (1, 3, 7), weights (0.7, 0.3, 0.0).
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..kernels import similarity_kl_loss
+from ..errors import DistillUsageError
+from ..registry import register_loss
+
+
+@register_loss("dime-fm")
+class DimeFMLoss(nn.Module):
+    """Weighted sum of the DIME-FM terms; images and sentences are unrelated batches (any sizes)."""
+
+    requires_paired_data = False
+
+    def __init__(self, vl_weight=0.7, pvl_weight=0.3, udist_weight=0.0, vl_temperature=1.0,
+                 pvl_temperature=3.0, udist_temperature=7.0, logit_scale=100.0, impl="auto"):
+        super().__init__()
+        self.vl_weight = float(vl_weight)
+        self.pvl_weight = float(pvl_weight)
+        self.udist_weight = float(udist_weight)
+        self.vl_temperature = float(vl_temperature)
+        self.pvl_temperature = float(pvl_temperature)
+        self.udist_temperature = float(udist_temperature)
+        self.logit_scale = float(logit_scale)
+        self.impl = impl
+
+    def _kl(self, student_a, student_b, teacher_a, teacher_b, temperature, bidirectional):
+        return similarity_kl_loss(
+            student_a, student_b, teacher_a, teacher_b, student_scale=self.logit_scale,
+            teacher_scale=self.logit_scale, temperature=temperature, bidirectional=bidirectional,
+            impl=self.impl)
+
+    def _self_terms(self, student, teacher, temperature, paired_with_teacher):
+        """2 * KL_rows(s T T^T, s S X^T) with X = T (L_pvl) or X = S (L_udist)."""
+        other = teacher if paired_with_teacher else student
+        return 2.0 * self._kl(student, other, teacher, teacher, temperature, bidirectional=False)
+
+    def forward(self, image_features, dist_image_features, dist_text_features, text_features=None,
+                output_dict=False):
+        v_s = F.normalize(image_features, dim=-1)
+        v_t = F.normalize(dist_image_features.detach(), dim=-1)
+        t_t = F.normalize(dist_text_features.detach(), dim=-1)
+        t_s = None if text_features is None else F.normalize(text_features, dim=-1)
+        zero = v_s.new_zeros((), dtype=torch.float32)
+        if (self.pvl_weight or self.udist_weight) and v_s.shape[1] != v_t.shape[1]:
+            raise DistillUsageError(
+                f"--distill-loss dime-fm: student features have {v_s.shape[1]} dims but the teacher's have "
+                f"{v_t.shape[1]}; L_pvl/L_udist compare them directly: pick a student with the teacher's "
+                f"embed_dim or set pvl_weight=0 udist_weight=0 in --distill-loss-kwargs")
+
+        vl = pvl = udist = zero
+        if self.vl_weight:
+            t = t_t if t_s is None else t_s
+            vl = self.vl_weight * self._kl(v_s, t, v_t, t_t, self.vl_temperature, bidirectional=True)
+        if self.pvl_weight:
+            pvl = self._self_terms(v_s, v_t, self.pvl_temperature, paired_with_teacher=True)
+            if t_s is not None:
+                pvl = pvl + self._self_terms(t_s, t_t, self.pvl_temperature, paired_with_teacher=True)
+            pvl = self.pvl_weight * pvl
+        if self.udist_weight:
+            udist = self._self_terms(v_s, v_t, self.udist_temperature, paired_with_teacher=False)
+            if t_s is not None:
+                udist = udist + self._self_terms(t_s, t_t, self.udist_temperature, paired_with_teacher=False)
+            udist = self.udist_weight * udist
+
+        if output_dict:
+            return {"vl_loss": vl, "pvl_loss": pvl, "udist_loss": udist}
+        return vl + pvl + udist
