@@ -30,18 +30,18 @@ def atomic_torch_save(obj, path: str) -> None:
             os.remove(tmp)
 
 
-def build_checkpoint(model, optimizer, scaler, *, epoch: int, step: int, name: str, stage: str = "distill",
-                     extra=None) -> dict:
+def build_checkpoint(state_dict, optimizer_state, scaler_state, *, epoch: int, step: int, name: str,
+                     stage: str = "distill", extra=None) -> dict:
     ckpt = {
         "epoch": int(epoch),
         "step": int(step),
         "stage": str(stage),
         "name": str(name),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict() if optimizer is not None else {},
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        "optimizer": optimizer_state or {},
     }
-    if scaler is not None:
-        ckpt["scaler"] = scaler.state_dict()
+    if scaler_state is not None:
+        ckpt["scaler"] = scaler_state
     if extra:
         ckpt.update(extra)
     return ckpt

@@ -56,12 +56,13 @@ class DistillFeatures:
 
     def student_features(self, images, texts, grad=True) -> dict:
         tokens = self.student_tokenizer(texts).to(self.device) if self.student_text else None
+        pixels = self.student_input(images).to(next(self.student.parameters()).dtype)  # bf16 under ZeRO
         with (nullcontext() if grad else torch.no_grad()), self.autocast():
-            out = self.student(image=self.student_input(images), text=tokens)
+            out = self.student(image=pixels, text=tokens)
         feats = {"image_features": out["image_features"],
                  "text_features": out["text_features"] if self.student_text else None}
         # clamp inside the forward (not in place after the step): ZeRO keeps fp32 master weights
-        feats["logit_scale"] = out["logit_scale"].clamp(max=100.0).reshape(())
+        feats["logit_scale"] = out["logit_scale"].float().clamp(max=100.0).reshape(())
         if out.get("logit_bias") is not None:
             feats["logit_bias"] = out["logit_bias"].reshape(())
         return feats

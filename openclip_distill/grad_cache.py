@@ -10,8 +10,6 @@ plain accumulation does) loses the cross-micro-batch negatives. Instead, for K m
 
 The parameter gradient equals the one of a single batch K times as large.
 """
-from contextlib import nullcontext
-
 import torch
 
 STUDENT_BATCH_KEYS = ("image_features", "text_features")
@@ -36,12 +34,9 @@ def _cat(parts):
     return torch.cat(parts) if parts else None
 
 
-def _backward(surrogate, scaler):
-    (scaler.scale(surrogate) if scaler is not None else surrogate).backward()
-
-
-def grad_cache_backward(model, features, loss, micro_batches, scaler=None, is_finite=None):
-    """Accumulate the full-batch gradient of ``loss`` over ``micro_batches`` into the student.
+def grad_cache_backward(engine, features, loss, micro_batches, is_finite=None):
+    """Accumulate the full-batch gradient of ``loss`` over ``micro_batches`` into the student of
+    ``engine`` (``openclip_distill.engine``: its ``accumulation_context`` and ``backward``).
 
     Returns the full-batch loss terms (detached) and whether the step is usable (finite loss);
     nothing is back-propagated when it is not.
@@ -83,8 +78,7 @@ def grad_cache_backward(model, features, loss, micro_batches, scaler=None, is_fi
     for j, batch in enumerate(micro_batches):
         images = batch["image"].to(device, non_blocking=True)
         _set_rng_state(rng[j], device)
-        sync = nullcontext() if j == last or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
+        with engine.accumulation_context(last=j == last):
             out = features.student_features(images, batch["text"], grad=True)
             surrogate = images.new_zeros((), dtype=torch.float32)
             for k, g in grads.items():
@@ -96,5 +90,5 @@ def grad_cache_backward(model, features, loss, micro_batches, scaler=None, is_fi
                     offsets[k] += n
                 elif j == 0:  # a scalar shared by all micro-batches: its gradient counts once
                     surrogate = surrogate + (out[k].float() * g.float()).sum()
-            _backward(surrogate, scaler)
+            engine.backward(surrogate)
     return losses, True

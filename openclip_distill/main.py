@@ -16,13 +16,13 @@ from open_clip_train.distributed import broadcast_object, init_distributed_devic
 from open_clip_train.logger import setup_logging
 
 from . import registry
-from .checkpoint import (atomic_torch_save, build_checkpoint, find_latest_checkpoint, load_checkpoint,
-                         restore_training_state, LATEST_CHECKPOINT_NAME)
+from .checkpoint import find_latest_checkpoint
+from .engine import create_engine
 from .errors import DistillUsageError, NonFiniteLossError
 from .features import DistillFeatures
 from .models.teacher import check_model_name, create_teacher
 from .models.text_tower import adopt_teacher_text_tower
-from .optim import create_optimizer, create_scheduler
+from .optim import create_scheduler
 from .params import parse_args, validate_args
 from .train import train_one_epoch
 from .training_data import build_train_data, build_eval, run_eval
@@ -84,7 +84,9 @@ def _create_student(args, device, teacher):
             args.model, args.pretrained, precision=args.precision if args.precision in ("fp16", "bf16") else "fp32",
             device=device, force_quick_gelu=args.force_quick_gelu, force_custom_text=args.force_custom_text,
             force_patch_dropout=args.force_patch_dropout, force_image_size=args.force_image_size,
-            pretrained_image=args.pretrained_image, output_dict=True, cache_dir=args.cache_dir)
+            pretrained_image=args.pretrained_image, output_dict=True, cache_dir=args.cache_dir,
+            # DeepSpeed cannot broadcast 0-d parameters
+            **({"nonscalar_logit_scale": True} if args.deepspeed else {}))
     except (RuntimeError, OSError) as e:
         raise DistillUsageError(f"--pretrained: could not load {args.pretrained!r} for {args.model} "
                                 f"({str(e).splitlines()[0][:200]}); pass a local file or a known tag") from None
@@ -101,23 +103,6 @@ def _create_student(args, device, teacher):
     if args.grad_checkpointing:
         student.set_grad_checkpointing()
     return student, preprocess_val, tokenizer
-
-
-def _save(args, model, optimizer, scaler, epoch, step, final=False):
-    if not args.save_logs:
-        return
-    ckpt = build_checkpoint(model, optimizer, scaler, epoch=epoch, step=step, name=args.name,
-                            extra={"distill_loss": args.distill_loss, "model": args.model,
-                                   "distill_teacher": args.distill_teacher})
-    if final or (args.save_frequency > 0 and epoch % args.save_frequency == 0):
-        atomic_torch_save(ckpt, os.path.join(args.checkpoint_path, f"epoch_{epoch}.pt"))
-        logging.info(f"Saved checkpoint {os.path.join(args.checkpoint_path, f'epoch_{epoch}.pt')}")
-    if args.delete_previous_checkpoint:
-        prev = os.path.join(args.checkpoint_path, f"epoch_{epoch - 1}.pt")
-        if os.path.exists(prev):
-            os.remove(prev)
-    if args.save_most_recent:
-        atomic_torch_save(ckpt, os.path.join(args.checkpoint_path, LATEST_CHECKPOINT_NAME))
 
 
 def run(args) -> int:
@@ -144,25 +129,20 @@ def run(args) -> int:
         logging.info(f"Student {args.model}: {sum(p.numel() for p in student.parameters()) / 1e6:.2f}M params; "
                      f"loss {args.distill_loss} {loss_kwargs}")
 
-    model = student
-    if args.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            student, device_ids=[device] if device.type == "cuda" else None,
-            static_graph=bool(args.ddp_static_graph))
-    features = DistillFeatures(model, teacher, loss, tokenizer, teacher_tokenizer, device=device,
+    features = DistillFeatures(student, teacher, loss, tokenizer, teacher_tokenizer, device=device,
                                precision=args.precision, teacher_precision=args.distill_teacher_precision,
                                train_student_text=args.student_text_tower == "train")
     if not features.uses_student_scale:
         student.logit_scale.requires_grad_(False)  # e.g. DIME-FM's fixed scale: the student's is unused
-    optimizer = create_optimizer(student, args)
-    scaler = torch.amp.GradScaler(device=device.type) if args.precision == "amp" else None
+    engine = create_engine(student, args, device)
+    features.student = engine.model
 
     start_epoch, state = 0, {"step": 0, "nonfinite_streak": 0}
     if args.resume:
-        start_epoch, state["step"] = restore_training_state(load_checkpoint(args.resume), student, optimizer, scaler)
+        start_epoch, state["step"] = engine.resume(args.resume)
 
     train_data, counters = build_train_data(args, loss_cls, student, teacher, start_epoch)
-    scheduler = create_scheduler(optimizer, args, train_data.num_batches // args.accum_freq)
+    scheduler = create_scheduler(engine.optimizer, args, train_data.num_batches // args.accum_freq)
     evaluator = build_eval(args, preprocess_val, tokenizer)
     writer = None
     if args.save_logs and ("tensorboard" in args.report_to or "all" in args.report_to):
@@ -172,13 +152,13 @@ def run(args) -> int:
     for epoch in range(start_epoch, args.epochs):
         if is_master(args):
             logging.info(f"Start epoch {epoch}")
-        train_one_epoch(model, features, loss, train_data, epoch, optimizer, scaler, scheduler, args, state,
-                        counters=counters, tb_writer=writer)
+        train_one_epoch(engine, features, loss, train_data, epoch, scheduler, args, state, counters=counters,
+                        tb_writer=writer)
         completed = epoch + 1
         if evaluator is not None and (completed == args.epochs or (
                 args.zeroshot_frequency > 0 and completed % args.zeroshot_frequency == 0)):
-            run_eval(evaluator, student, completed, args, writer)
-        _save(args, student, optimizer, scaler, completed, state["step"], final=completed == args.epochs)
+            run_eval(evaluator, engine.eval_model(), completed, args, writer)
+        engine.save(completed, state["step"], final=completed == args.epochs)
         if args.distributed:
             torch.distributed.barrier()
     if start_epoch >= args.epochs:

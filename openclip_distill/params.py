@@ -48,6 +48,9 @@ def build_distill_parser() -> argparse.ArgumentParser:
                         "evaluated every --zeroshot-frequency epochs and at the end.")
     g.add_argument("--eval-classnames", default=None, type=str, help="Override the eval set's classnames.txt.")
     g.add_argument("--eval-templates", default=None, type=str, help="Override the eval set's templates.txt.")
+    g.add_argument("--deepspeed", default=None, type=str, metavar="CONFIG.json",
+                   help="Train the student with DeepSpeed ZeRO (configs/deepspeed/zero{1,2,3}.json); "
+                        "\"auto\" config values follow --batch-size, --accum-freq, --precision, --grad-clip-norm.")
     g.add_argument("--max-nonfinite-steps", default=5, type=int,
                    help="Stop after this many consecutive NaN/inf losses (each such step is skipped).")
     g.add_argument("--list-losses", action="store_true", help="Print the registered losses and exit.")
@@ -85,6 +88,8 @@ def parse_args(argv):
     """Parse our flags, hand the rest to OpenCLIP's parser and merge both namespaces.
     ``@FILE`` arguments are expanded first (recipes in ``configs/``)."""
     argv = expand_arg_files(list(argv))
+    if argv[:1] == ["--"]:  # torchrun ... -m openclip_distill.main -- --logs ... (see the README)
+        argv = argv[1:]
     if "-h" in argv or "--help" in argv:
         print_help()
         raise SystemExit(0)

@@ -27,11 +27,11 @@ def _all_ranks_finite(total_loss, args) -> bool:
     return bool(flag.item())
 
 
-def _forward_backward(model, features, loss, micro_batches, scaler, args):
+def _forward_backward(engine, features, loss, micro_batches, args):
     """Loss terms and whether the step is usable; gradients are accumulated into the student."""
     is_finite = lambda total: _all_ranks_finite(total, args)  # noqa: E731
     if len(micro_batches) > 1:
-        return grad_cache_backward(model, features, loss, micro_batches, scaler, is_finite)
+        return grad_cache_backward(engine, features, loss, micro_batches, is_finite)
     inputs = features(micro_batches[0])
     with features.autocast():
         losses = loss(**inputs, output_dict=True)
@@ -39,21 +39,8 @@ def _forward_backward(model, features, loss, micro_batches, scaler, args):
     losses["loss"] = total
     if not is_finite(total):
         return losses, False
-    (scaler.scale(total) if scaler is not None else total).backward()
+    engine.backward(total)
     return losses, True
-
-
-def _optimizer_step(model, optimizer, scaler, args):
-    if scaler is not None:
-        if args.grad_clip_norm is not None:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip_norm, norm_type=2.0)
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        if args.grad_clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip_norm, norm_type=2.0)
-        optimizer.step()
 
 
 def record_losses(args, epoch: int, step: int, losses: dict) -> None:
@@ -65,11 +52,12 @@ def record_losses(args, epoch: int, step: int, losses: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def train_one_epoch(model, features, loss, train_data, epoch, optimizer, scaler, scheduler, args, state,
-                    counters=None, tb_writer=None):
-    """Train ``model`` for one epoch of ``train_data``; ``state`` carries ``step`` and the NaN streak.
+def train_one_epoch(engine, features, loss, train_data, epoch, scheduler, args, state, counters=None,
+                    tb_writer=None):
+    """Train ``engine``'s student for one epoch of ``train_data``; ``state`` carries ``step`` and the NaN streak.
     With ``--accum-freq K`` every optimizer step sees K loader batches as one batch (GradCache)."""
-    model.train()
+    engine.model.train()
+    optimizer = engine.optimizer
     train_data.set_epoch(epoch)
     accum = max(1, int(getattr(args, "accum_freq", 1) or 1))
     num_batches = train_data.num_batches // accum
@@ -90,8 +78,8 @@ def train_one_epoch(model, features, loss, train_data, epoch, optimizer, scaler,
         if scheduler is not None and not args.skip_scheduler:
             scheduler(step)
         data_time_m.update(time.time() - end)
-        optimizer.zero_grad(set_to_none=True)
-        losses, usable = _forward_backward(model, features, loss, micro, scaler, args)
+        engine.zero_grad()
+        losses, usable = _forward_backward(engine, features, loss, micro, args)
         images_in_step = sum(len(b["image"]) for b in micro)
         micro = []
         batch_count += 1
@@ -108,7 +96,7 @@ def train_one_epoch(model, features, loss, train_data, epoch, optimizer, scaler,
             end = time.time()
             continue
         state["nonfinite_streak"] = 0
-        _optimizer_step(model, optimizer, scaler, args)
+        engine.step()
         record_losses(args, epoch, step, losses)
 
         batch_time_m.update(time.time() - end)

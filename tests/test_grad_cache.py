@@ -1,5 +1,6 @@
 """GradCache accumulation: K micro-batches give the update of one batch K times the size."""
 import copy
+from contextlib import nullcontext
 from types import SimpleNamespace
 
 import open_clip
@@ -14,6 +15,12 @@ from openclip_distill.models.text_tower import adopt_teacher_text_tower
 from openclip_distill.train import _forward_backward
 
 ARGS = SimpleNamespace(distributed=False)
+
+
+def plain_engine(model):
+    """The engine interface grad_cache_backward talks to, for a single process without a scaler."""
+    return SimpleNamespace(model=model, module=model, accumulation_context=lambda last: nullcontext(),
+                           backward=lambda loss: loss.backward())
 
 
 def make_models(text_tower):
@@ -50,9 +57,9 @@ def grads_after(student, teacher, loss, micro, text_tower, accumulate):
     # on near-zero gradients into full-size steps)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
     if accumulate:
-        losses, ok = grad_cache_backward(model, feats, loss, micro)
+        losses, ok = grad_cache_backward(plain_engine(model), feats, loss, micro)
     else:
-        losses, ok = _forward_backward(model, feats, loss, [merged(micro)], None, ARGS)
+        losses, ok = _forward_backward(plain_engine(model), feats, loss, [merged(micro)], ARGS)
     assert ok
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     opt.step()

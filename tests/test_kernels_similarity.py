@@ -27,11 +27,11 @@ KL_CASES = [
     ("wide-tau3", 5, 41, 33, 12, "own", True, 3.0, "float32"),
     ("tiny", 1, 1, 1, 1, "own", True, 1.0, "float32"),
     ("teacher-b", 29, 34, 24, 24, "teacher_b", True, 7.0, "float32"),
-    ("self-sim", 31, 31, 17, 21, "student_a", True, 1.0, "float32"),
+    ("self-sim", 31, 31, 17, 21, "student_a", True, 7.0, "float32"),
     ("self-sim-rows", 31, 31, 17, 21, "student_a", False, 7.0, "float32"),
     ("rect-bi-bf16", 37, 23, 19, 19, "own", True, 1.0, "bfloat16"),
     ("teacher-b-bf16", 29, 34, 24, 24, "teacher_b", True, 0.5, "bfloat16"),
-    ("self-sim-bf16", 31, 31, 17, 21, "student_a", True, 1.0, "bfloat16"),
+    ("self-sim-bf16", 31, 31, 17, 21, "student_a", True, 7.0, "bfloat16"),
 ]
 # (name, N, d, dtype, scale kind)
 INFONCE_CASES = [
@@ -43,7 +43,10 @@ INFONCE_CASES = [
 
 
 def _normalized(*shape, generator, dtype):
-    x = torch.randn(*shape, generator=generator)
+    """Unit rows clustered around one direction (cosines ~0.5-0.9, like CLIP embeddings): at scale 100 the
+    softmaxes spread over many entries instead of collapsing onto a single one."""
+    center = torch.randn(shape[-1], generator=generator)
+    x = torch.randn(*shape, generator=generator) + 1.5 * center / center.norm() * shape[-1] ** 0.5
     return F.normalize(x, dim=-1).to(getattr(torch, dtype))
 
 
@@ -115,10 +118,10 @@ def assert_matches_oracle(result, expected, dtype, grad_tol):
 
 
 # fp32: gradients differ from the oracle only by summation order. bf16: both sides compute in fp32 from the
-# same bf16 values and round the gradient to bf16 (relative 2^-8); Triton also rounds G to bf16 for its
+# same bf16 values and round the gradient to bf16 (a rounding flip is one bf16 ulp, <= 2^-7 of |grad|); Triton also rounds G to bf16 for its
 # tensor-core gradient matmuls (Flash-Attention's choice), hence its looser bf16 bound.
-GRAD_TOL = {("chunked", "float32"): 1e-5, ("chunked", "bfloat16"): 8e-3,
-            ("triton", "float32"): 1e-5, ("triton", "bfloat16"): 3e-2}
+GRAD_TOL = {("chunked", "float32"): 2e-5, ("chunked", "bfloat16"): 1e-2,
+            ("triton", "float32"): 2e-5, ("triton", "bfloat16"): 3e-2}
 
 
 @pytest.fixture
@@ -141,7 +144,7 @@ def test_chunked_infonce_matches_naive(case, small_chunks):
 
 def test_chunked_default_tile_matches_naive():
     case = ("default-tile", 37, 23, 19, 19, "own", True, 2.0, "float32")
-    assert_matches_oracle(kl_result(case, "chunked"), kl_result(case, "naive"), "float32", 1e-5)
+    assert_matches_oracle(kl_result(case, "chunked"), kl_result(case, "naive"), "float32", 2e-5)
 
 
 def test_teacher_gets_no_gradient_and_student_b_shared_with_teacher(small_chunks):

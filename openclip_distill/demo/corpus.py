@@ -512,12 +512,14 @@ def generate_demo_corpus(
     all_labels = list(range(ncls))
     missing = missing_paired_classes(seed, n_missing)
     present = [c for c in all_labels if c not in set(missing)]
-    lab_rng = np.random.default_rng([seed, 7])
+
+    def lab_rng(split):  # one label stream per split: a split's content never depends on others' sizes
+        return np.random.default_rng([seed, 7, _SPLIT_IDS[split]])
 
     # eval first: its captions are forbidden in every training split
     eval_dir = os.path.join(tmp, "eval")
     os.makedirs(eval_dir)
-    eval_labels = _balanced_labels(lab_rng, n_eval_per_class * ncls, all_labels)
+    eval_labels = _balanced_labels(lab_rng("eval"), n_eval_per_class * ncls, all_labels)
     eval_jobs = [(os.path.join(eval_dir, "shard-%06d.tar" % k), "eval", seed, k, eval_labels[a:b],
                   True, True, True, frozenset()) for k, (a, b) in enumerate(_chunks(len(eval_labels), shard_size))]
     eval_sizes = dict(_write_shard(j) for j in eval_jobs)
@@ -543,13 +545,13 @@ def generate_demo_corpus(
         sizes_of[split] = {}
         if n <= 0:
             continue
-        labels = _balanced_labels(lab_rng, n, allowed)
+        labels = _balanced_labels(lab_rng(split), n, allowed)
         for k, (a, b) in enumerate(_chunks(n, shard_size)):
             jobs.append(("shard", split, (os.path.join(d, "shard-%06d.tar" % k), split, seed, k,
                                           labels[a:b], png, txt, False, forbidden)))
     tdir = os.path.join(tmp, "texts")
     os.makedirs(tdir)
-    text_labels = _balanced_labels(lab_rng, n_texts, all_labels) if n_texts > 0 else []
+    text_labels = _balanced_labels(lab_rng("texts"), n_texts, all_labels) if n_texts > 0 else []
     for k, (a, b) in enumerate(_chunks(n_texts, texts_per_file)):
         jobs.append(("text", "texts", (os.path.join(tdir, "sentences-%03d.txt" % k), seed, k,
                                        text_labels[a:b], forbidden)))

@@ -84,11 +84,11 @@ def infonce_lse_backward_kernel(
             col_ok = cols < M
             s = logits_tile(rows_ptr, cols_ptr, rows, cols, N, M, D, stride_rows, stride_cols,
                             BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, IS_FP32, FP32_PRECISION) * scale
+            s = tl.where(row_ok[:, None] & col_ok[None, :], s, float("-inf"))  # padding -> exp(-inf) = 0
             grad = row_weight * tl.exp(s - row_lse[:, None])
             if HAS_COLS:
                 col_lse = tl.load(col_lse_ptr + cols, mask=col_ok, other=0.0)
                 grad += col_weight * tl.exp(s - col_lse[None, :])
-            grad = tl.where(row_ok[:, None] & col_ok[None, :], grad, 0.0)
             accumulate_grad_dots(grad, rows_ptr, cols_ptr, d_rows_ptr, d_cols_ptr, rows, cols, N, M, D,
                                  stride_rows, stride_cols, NEED_D_ROWS, NEED_D_COLS, BLOCK_D, UPCAST, IS_FP32,
                                  FP32_PRECISION)

@@ -127,12 +127,14 @@ def similarity_kl_backward_kernel(
                             BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, T_IS_FP32, FP32_PRECISION) * t_mult
             b = logits_tile(s_rows_ptr, s_cols_ptr, rows, cols, N, M, D_S, stride_s_rows, stride_s_cols,
                             BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, S_IS_FP32, FP32_PRECISION) * s_mult
+            valid = row_ok[:, None] & col_ok[None, :]
+            a = tl.where(valid, a, float("-inf"))  # padding: every softmax entry below is exp(-inf) = 0
+            b = tl.where(valid, b, float("-inf"))
             grad = row_weight * (tl.exp(b - row_lse_s[:, None]) - tl.exp(a - row_lse_t[:, None]))
             if HAS_COLS:
                 col_lse_t = tl.load(lse_ptr + 2 * N + cols, mask=col_ok, other=0.0)
                 col_lse_s = tl.load(lse_ptr + 2 * N + M + cols, mask=col_ok, other=0.0)
                 grad += col_weight * (tl.exp(b - col_lse_s[None, :]) - tl.exp(a - col_lse_t[None, :]))
-            grad = tl.where(row_ok[:, None] & col_ok[None, :], grad, 0.0)
             accumulate_grad_dots(grad, s_rows_ptr, s_cols_ptr, d_rows_ptr, d_cols_ptr, rows, cols, N, M, D_S,
                                  stride_s_rows, stride_s_cols, NEED_D_ROWS, NEED_D_COLS, BLOCK_D, UPCAST, S_IS_FP32,
                                  FP32_PRECISION)

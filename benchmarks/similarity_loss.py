@@ -1,0 +1,227 @@
+"""Benchmark the similarity-matrix losses: forward+backward time, peak memory, share of matmul peak.
+
+    python benchmarks/similarity_loss.py --impls naive,chunked --sizes 2048,4096,8192 --dims 512 \
+        --dtypes float32 --device cpu --loss both
+
+For every (loss, N = M, d, dtype) and implementation it prints
+
+* ``fwd+bwd ms``: median over ``--reps`` timed runs after ``--warmup`` runs (CUDA: synchronised),
+* ``peak MiB``: memory the loss needed above its inputs. CUDA: ``max_memory_allocated`` minus what was
+  allocated before the call. CPU: each configuration runs in a fresh subprocess (glibc told to mmap every
+  allocation >= 128 KiB, so freed memory leaves the RSS); the kernel's RSS high-water mark is reset
+  (``/proc/self/clear_refs``) after the inputs exist and ``VmHWM - VmRSS`` is read after one fwd+bwd,
+  input gradients included (the same for every implementation),
+* ``x naive``: time and memory relative to ``naive`` measured in the same run,
+* ``TFLOP/s`` and ``% peak``: useful work counted as 8 N M d FLOPs for InfoNCE (S, recomputed S, two
+  gradient matmuls) and 12 N M d for the KL (teacher and student tiles twice, two gradient matmuls),
+  against ``--peak-flops`` (CUDA default: H100 SXM dense bf16 989e12) or, on CPU, the best rate of a
+  4096^3 matmul of that dtype measured in the same run.
+
+A naive configuration that runs out of memory is reported as ``OOM`` (on CPU it is not started when its
+estimated footprint exceeds the available memory) and the run continues.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+H100_BF16_DENSE_FLOPS = 989e12
+NAIVE_LOGIT_MATRICES = {"infonce": 6, "kl": 12}  # rough count of live fp32 N x M tensors in naive fwd+bwd
+
+
+def _flops(loss: str, n: int, m: int, d: int) -> float:
+    return (8 if loss == "infonce" else 12) * n * m * d
+
+
+def _make_inputs(loss, n, d, dtype, device):
+    import torch
+    import torch.nn.functional as F
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def unit(rows):
+        return F.normalize(torch.randn(rows, d, generator=g), dim=-1).to(device=device, dtype=dtype)
+
+    if loss == "infonce":
+        return dict(images=unit(n).requires_grad_(), texts=unit(n).requires_grad_(),
+                    scale=torch.tensor(100.0, device=device, requires_grad=True))
+    return dict(student_a=unit(n).requires_grad_(), student_b=unit(n).requires_grad_(), teacher_a=unit(n),
+                teacher_b=unit(n), scale=torch.tensor(100.0, device=device, requires_grad=True))
+
+
+def _step(loss, impl, inputs):
+    from openclip_distill.kernels import contrastive_loss, similarity_kl_loss
+    if loss == "infonce":
+        out = contrastive_loss(inputs["images"], inputs["texts"], inputs["scale"], impl=impl, distributed=False)
+    else:
+        out = similarity_kl_loss(inputs["student_a"], inputs["student_b"], inputs["teacher_a"], inputs["teacher_b"],
+                                 student_scale=inputs["scale"], teacher_scale=100.0, impl=impl, distributed=False)
+    out.backward()
+    for x in inputs.values():
+        x.grad = None
+
+
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def measure(loss, impl, n, d, dtype_name, device, warmup, reps):
+    """One configuration in this process: {'ms': median, 'peak_bytes': ..., 'error': ...}."""
+    import torch
+    dtype = getattr(torch, dtype_name)
+    inputs = _make_inputs(loss, n, d, dtype, device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    try:
+        if device.startswith("cuda"):
+            sync()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            _step(loss, impl, inputs)
+            sync()
+            peak = torch.cuda.max_memory_allocated() - before
+        else:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset VmHWM to the current RSS
+            before = _proc_status_kib("VmRSS")
+            _step(loss, impl, inputs)
+            peak = (_proc_status_kib("VmHWM") - before) * 1024
+        for _ in range(warmup):
+            _step(loss, impl, inputs)
+        times = []
+        for _ in range(reps):
+            sync()
+            start = time.perf_counter()
+            _step(loss, impl, inputs)
+            sync()
+            times.append(time.perf_counter() - start)
+    except (torch.cuda.OutOfMemoryError, MemoryError):
+        return {"error": "OOM"}
+    except RuntimeError as err:
+        if "out of memory" in str(err) or "can't allocate memory" in str(err):
+            return {"error": "OOM"}
+        raise
+    return {"ms": 1e3 * statistics.median(times), "peak_bytes": peak}
+
+
+def measure_isolated(loss, impl, n, d, dtype_name, device, warmup, reps):
+    """``measure`` in a fresh interpreter (CPU memory is a per-process high-water mark)."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+    cmd = [sys.executable, os.path.abspath(__file__), "--child",
+           json.dumps([loss, impl, n, d, dtype_name, device, warmup, reps])]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode in (-9, 137):  # killed by the kernel's OOM killer
+        return {"error": "OOM"}
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark child failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def cpu_matmul_peak(dtype_name: str, size: int = 4096, reps: int = 3) -> float:
+    """Best FLOP/s of a size^3 matmul in this process (the CPU's practical matmul peak)."""
+    import torch
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(reps))
+    return 2 * size ** 3 / best
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _available_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 1 << 62
+
+
+def describe_device(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+        return torch.cuda.get_device_name(device)
+    model = "unknown CPU"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    import torch
+    return f"{model}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--impls", default="naive,chunked", help="comma list from naive,chunked,triton")
+    parser.add_argument("--sizes", default="2048,4096,8192", help="comma list of N (= M)")
+    parser.add_argument("--dims", default="512", help="comma list of feature widths d")
+    parser.add_argument("--dtypes", default="float32", help="comma list from float32,bfloat16,float16")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--loss", choices=["infonce", "kl", "both"], default="both")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--peak-flops", type=float, default=None,
+                        help="matmul peak in FLOP/s (default: 989e12 on CUDA, measured on CPU)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(measure(*json.loads(args.child))))
+        return
+
+    impls = args.impls.split(",")
+    losses = ["infonce", "kl"] if args.loss == "both" else [args.loss]
+    on_cuda = args.device.startswith("cuda")
+    print(f"device: {describe_device(args.device)}")
+    peaks = {}
+    for dtype_name in args.dtypes.split(","):
+        peaks[dtype_name] = args.peak_flops or (H100_BF16_DENSE_FLOPS if on_cuda else cpu_matmul_peak(dtype_name))
+        print(f"matmul peak used for {dtype_name}: {peaks[dtype_name] / 1e9:.1f} GFLOP/s"
+              + ("" if args.peak_flops or on_cuda else " (measured, 4096^3 matmul)"))
+    header = ("| loss | impl | N | d | dtype | fwd+bwd ms | peak MiB | time x naive | mem x naive | TFLOP/s | % peak |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|")
+    print(header)
+    for loss in losses:
+        for dtype_name in args.dtypes.split(","):
+            for d in map(int, args.dims.split(",")):
+                for n in map(int, args.sizes.split(",")):
+                    naive = None
+                    for impl in impls:
+                        est = NAIVE_LOGIT_MATRICES[loss] * n * n * 4
+                        if impl == "naive" and not on_cuda and est > 0.8 * _available_bytes():
+                            res = {"error": f"OOM (est. {est / 2**30:.1f} GiB)"}
+                        elif on_cuda:
+                            res = measure(loss, impl, n, d, dtype_name, args.device, args.warmup, args.reps)
+                        else:
+                            res = measure_isolated(loss, impl, n, d, dtype_name, args.device, args.warmup, args.reps)
+                        if impl == "naive":
+                            naive = res
+                        print(_row(loss, impl, n, d, dtype_name, res, naive, peaks[dtype_name]), flush=True)
+
+
+def _row(loss, impl, n, d, dtype_name, res, naive, peak):
+    cells = [loss, impl, str(n), str(d), dtype_name]
+    if "error" in res:
+        return "| " + " | ".join(cells + [res["error"]] + ["-"] * 5) + " |"
+    rate = _flops(loss, n, n, d) / (res["ms"] / 1e3)
+    if naive and "error" not in naive:
+        t_ratio = f"{res['ms'] / naive['ms']:.2f}"
+        m_ratio = f"{res['peak_bytes'] / naive['peak_bytes']:.3f}" if naive["peak_bytes"] > 0 else "-"
+    else:
+        t_ratio = m_ratio = "-"
+    cells += [f"{res['ms']:.0f}", f"{res['peak_bytes'] / 2**20:.0f}", t_ratio, m_ratio, f"{rate / 1e12:.3f}",
+              f"{100 * rate / peak:.1f}"]
+    return "| " + " | ".join(cells) + " |"
+
+
+if __name__ == "__main__":
+    main()

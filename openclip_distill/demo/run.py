@@ -1,0 +1,303 @@
+"""The embedded offline demo: teacher vs DIME-FM student vs paired-data baseline, on a CPU.
+
+``python -m openclip_distill.main --demo [--logs DIR] [--name NAME] [--workers N] [--seed S]``
+(or ``run_demo()``) runs, in about 10 minutes on 2 CPU cores:
+
+1. **corpus** - ``generate_demo_corpus`` (cached under ``<logs>/demo_cache``), see
+   :mod:`openclip_distill.demo.corpus`;
+2. **teacher** - the shipped ``demo-teacher`` checkpoint (trained on ``teacher_pairs`` by
+   OpenCLIP's trainer; re-trained and cached if the asset is missing), see
+   :mod:`openclip_distill.demo.teacher`;
+3. **student** - ``demo-student`` distilled with DIME-FM from the *unpaired* ``images/`` and
+   ``texts/`` splits only, through this project's CLI ``openclip_distill.main.main(argv)``
+   (the student reuses the teacher's frozen text tower);
+4. **baseline** - the same ``demo-student`` architecture trained from scratch with the CLIP loss
+   on the small ``paired/`` split (a few hundred pairs, some classes absent) for the same number of
+   steps and batch size, by OpenCLIP's trainer with ``--dataset-resampled``;
+5. **evaluation** - zero-shot top-1 and R@1 of all three on ``eval/`` with
+   :func:`openclip_distill.eval.evaluate_model`, plus parameters and image-encoder images/s;
+   prints a table and writes ``<logs>/<name>/demo_results.json``.
+
+The target: the student's zero-shot top-1 is >= 90% of the teacher's and above the baseline's
+(``student.student_over_teacher`` and ``student.target_met`` in the results).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Dict, Optional
+
+import torch
+
+from .corpus import generate_demo_corpus
+from .teacher import (ASSET_PATH, TEACHER_MODEL, get_demo_teacher, preserve_logging,
+                      run_open_clip_train, train_demo_teacher)
+
+STUDENT_MODEL = "demo-student"
+
+# Full demo: corpus sizes and the training recipe shared by student and baseline.
+FULL = dict(
+    corpus=dict(),                     # generate_demo_corpus defaults
+    batch_size=256,
+    epochs=5,                          # x train_num_samples images per epoch
+    train_num_samples=30000,           # = the images split: one pass per epoch
+    student_lr=2e-3, student_wd=0.05, student_warmup=100,
+    loss_kwargs=dict(vl_weight=0.7, pvl_weight=0.3, udist_weight=0.0,
+                     vl_temperature=1.0, pvl_temperature=3.0, udist_temperature=7.0),
+    baseline_lr=1e-3, baseline_wd=0.1, baseline_warmup=100,
+    speed_batch=256, speed_iters=10,
+)
+# quick=True: a few steps of every phase (the test suite).
+QUICK = dict(
+    corpus=dict(n_teacher_pairs=512, n_images=512, n_texts=512, n_paired=200, n_eval_per_class=1,
+                shard_size=256, texts_per_file=256),
+    batch_size=64,
+    epochs=1,
+    train_num_samples=256,
+    student_lr=1e-3, student_wd=0.05, student_warmup=2,
+    loss_kwargs=FULL["loss_kwargs"],
+    baseline_lr=1e-3, baseline_wd=0.1, baseline_warmup=2,
+    speed_batch=64, speed_iters=2,
+    teacher=dict(epochs=1, batch_size=64, warmup=2),  # only if the asset is missing
+)
+
+
+def _kwargs_flags(d: Dict[str, float]):
+    return [f"{k}={v}" for k, v in d.items()]
+
+
+def student_argv(corpus, teacher_path: str, cfg: dict, logs: str, workers: int, seed: int) -> list:
+    """Flags of the DIME-FM distillation run (``openclip_distill.main.main``)."""
+    return [
+        "--model", STUDENT_MODEL,
+        "--distill-teacher", TEACHER_MODEL,
+        "--distill-teacher-pretrained", teacher_path,
+        "--distill-loss", "dime-fm",
+        "--distill-loss-kwargs", *_kwargs_flags(cfg["loss_kwargs"]),
+        "--student-text-tower", "teacher",
+        "--train-images", str(corpus["images"]),
+        "--train-texts", str(corpus["texts"]),
+        "--batch-size", str(cfg["batch_size"]),
+        "--text-batch-size", str(cfg["batch_size"]),
+        "--train-num-samples", str(cfg["train_num_samples"]),
+        "--epochs", str(cfg["epochs"]),
+        "--lr", str(cfg["student_lr"]), "--wd", str(cfg["student_wd"]),
+        "--warmup", str(cfg["student_warmup"]),
+        "--precision", "fp32",
+        "--workers", str(workers),
+        "--seed", str(seed),
+        "--save-frequency", str(cfg["epochs"]),
+        "--log-every-n-steps", "20",
+        "--report-to", "",
+        "--logs", logs, "--name", "student",
+    ] + ([] if torch.cuda.is_available() else ["--device", "cpu"])
+
+
+def baseline_argv(corpus, cfg: dict, workers: int, seed: int) -> list:
+    """Flags of the paired-data CLIP baseline (``open_clip_train.main.main``): same student
+    architecture, steps and batch size as the distillation run."""
+    return [
+        "--train-data", str(corpus["paired"]),
+        "--dataset-type", "webdataset",
+        "--dataset-resampled",
+        "--train-num-samples", str(cfg["train_num_samples"]),
+        "--model", STUDENT_MODEL,
+        "--batch-size", str(cfg["batch_size"]),
+        "--epochs", str(cfg["epochs"]),
+        "--lr", str(cfg["baseline_lr"]), "--wd", str(cfg["baseline_wd"]),
+        "--warmup", str(cfg["baseline_warmup"]),
+        "--precision", "fp32",
+        "--workers", str(workers),
+        "--seed", str(seed),
+        "--save-frequency", str(cfg["epochs"]),
+        "--log-every-n-steps", "20",
+        "--report-to", "",
+    ] + ([] if torch.cuda.is_available() else ["--device", "cpu"])
+
+
+def _last_checkpoint(run_dir: str) -> str:
+    ckpts = [f for f in os.listdir(os.path.join(run_dir, "checkpoints"))
+             if f.startswith("epoch_") and f.endswith(".pt") and f[6:-3].isdigit()]
+    if not ckpts:
+        raise RuntimeError(f"no checkpoint written under {run_dir}/checkpoints")
+    return os.path.join(run_dir, "checkpoints", max(ckpts, key=lambda f: int(f[6:-3])))
+
+
+def evaluate_checkpoint(model_name: str, checkpoint: str, eval_dir: str, *, device: str = "cpu",
+                        speed_batch: int = 256, speed_iters: int = 10) -> Dict[str, float]:
+    """Zero-shot / retrieval metrics, parameter count and image-encoder images/s of a checkpoint."""
+    import open_clip
+
+    from ..eval import count_params, evaluate_model, load_eval_set, measure_images_per_s
+
+    model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=checkpoint,
+                                                                 device=device)
+    tokenizer = open_clip.get_tokenizer(model_name)
+    res = evaluate_model(model, tokenizer, preprocess, load_eval_set(eval_dir), device=device)
+    res["params"] = count_params(model)
+    res["params_visual"] = count_params(model, "visual")
+    size = getattr(model.visual, "image_size", 32)
+    res["images_per_s"] = measure_images_per_s(model, size, device, batch_size=speed_batch, iters=speed_iters)
+    res["checkpoint"] = os.path.abspath(checkpoint)
+    return res
+
+
+def format_table(results: Dict[str, Dict[str, float]]) -> str:
+    cols = [("zeroshot_top1", "zero-shot top-1", True), ("zeroshot_top5", "top-5", True),
+            ("i2t_r1", "I->T R@1", True), ("t2i_r1", "T->I R@1", True),
+            ("params", "params", False), ("images_per_s", "images/s", False)]
+    head = f"{'model':<10}" + "".join(f"{c[1]:>17}" for c in cols)
+    lines = [head, "-" * len(head)]
+    for who in ("teacher", "student", "baseline"):
+        r = results[who]
+        cells = []
+        for key, _, pct in cols:
+            v = r.get(key)
+            if v is None:
+                cells.append(f"{'-':>17}")
+            elif pct:
+                cells.append(f"{100 * v:>16.1f}%")
+            elif key == "params":
+                cells.append(f"{v / 1e6:>16.2f}M")
+            else:
+                cells.append(f"{v:>17.0f}")
+        lines.append(f"{who:<10}" + "".join(cells))
+    s = results["student"]
+    lines.append(f"student / teacher zero-shot top-1: {100 * s['student_over_teacher']:.1f}% "
+                 f"(target >= 90% and above the baseline: {'met' if s['target_met'] else 'NOT met'})")
+    return "\n".join(lines)
+
+
+def run_demo(logs: str = "./logs", name: Optional[str] = None, workers: int = 1, seed: int = 0,
+             quick: bool = False, cache_dir: Optional[str] = None) -> Dict[str, Dict[str, float]]:
+    """Run the whole demo (see the module docstring); returns the results dict that is also
+    written to ``<logs>/<name>/demo_results.json``."""
+    from ..errors import DistillUsageError
+
+    cfg = QUICK if quick else FULL
+    logs = os.path.abspath(os.path.expanduser(logs or "./logs"))
+    name = name or time.strftime("demo-%Y_%m_%d-%H_%M_%S") + ("-quick" if quick else "")
+    run_dir = os.path.join(logs, name)
+    if os.path.exists(run_dir):
+        raise DistillUsageError(f"--name: {run_dir} already exists; choose a new --name for the demo")
+    os.makedirs(run_dir)
+    cache_dir = cache_dir or os.path.join(logs, "demo_cache")
+    t_all = time.time()
+    log = logging.getLogger("openclip_distill.demo")
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(message)s")
+    logging.getLogger().setLevel(logging.INFO)
+    log.setLevel(logging.INFO)
+    timings = {}
+
+    # 1. corpus --------------------------------------------------------------------------------
+    t0 = time.time()
+    need_teacher_training = not (seed == 0 and os.path.isfile(ASSET_PATH))
+    corpus_kw = dict(cfg["corpus"])
+    if not need_teacher_training:
+        corpus_kw["n_teacher_pairs"] = 0  # the shipped teacher needs no pre-training pairs
+    corpus_root = os.path.join(cache_dir, f"corpus-seed{seed}" + ("-quick" if quick else ""))
+    log.info("[demo 1/5] corpus -> %s", corpus_root)
+    corpus = generate_demo_corpus(corpus_root, seed=seed, **corpus_kw)
+    timings["corpus_s"] = time.time() - t0
+    log.info("[demo 1/5] corpus ready in %.1f s: %d classes, %d unpaired images, %d sentences, "
+             "%d pairs (%d classes never paired), %d eval images", timings["corpus_s"],
+             corpus["num_classes"], corpus["images_count"], corpus["texts_count"],
+             corpus["paired_count"], len(corpus["missing_paired_classes"]), corpus["eval_count"])
+
+    # 2. teacher -------------------------------------------------------------------------------
+    t0 = time.time()
+    if need_teacher_training and quick:
+        teacher_path = os.path.join(run_dir, "demo-teacher-quick.pt")
+        log.info("[demo 2/5] teacher: no shipped asset; a few quick steps -> %s", teacher_path)
+        train_demo_teacher(corpus, teacher_path, seed=seed, workers=workers, logs=run_dir,
+                           keep_logs=True, **cfg["teacher"])
+    else:
+        log.info("[demo 2/5] teacher: %s", "shipped checkpoint" if not need_teacher_training
+                 else "training (first use, then cached)")
+        teacher_path = get_demo_teacher(corpus, seed=seed, workers=workers, cache_dir=cache_dir,
+                                        logs=run_dir)
+    timings["teacher_s"] = time.time() - t0
+    log.info("[demo 2/5] teacher ready in %.1f s: %s", timings["teacher_s"], teacher_path)
+
+    # 3. student: DIME-FM from unpaired images + sentences, through our own CLI ----------------
+    from ..main import main as distill_main
+
+    t0 = time.time()
+    argv = student_argv(corpus, teacher_path, cfg, run_dir, workers, seed)
+    steps = cfg["epochs"] * -(-cfg["train_num_samples"] // cfg["batch_size"])
+    log.info("[demo 3/5] student: DIME-FM distillation of %s from %s, ~%d steps of %d images + %d "
+             "sentences", STUDENT_MODEL, TEACHER_MODEL, steps, cfg["batch_size"], cfg["batch_size"])
+    log.info("[demo 3/5] python -m openclip_distill.main %s", " ".join(argv))
+    threads = torch.get_num_threads()
+    with preserve_logging():
+        rc = distill_main(argv)
+    torch.set_num_threads(threads)
+    if rc != 0:
+        raise RuntimeError(f"the distillation run failed (exit {rc}); see {run_dir}/student/out.log")
+    student_ckpt = _last_checkpoint(os.path.join(run_dir, "student"))
+    timings["student_s"] = time.time() - t0
+    log.info("[demo 3/5] student trained in %.1f s -> %s", timings["student_s"], student_ckpt)
+
+    # 4. baseline: CLIP loss on the small paired split, same steps and batch size --------------
+    t0 = time.time()
+    argv = baseline_argv(corpus, cfg, workers, seed)
+    log.info("[demo 4/5] baseline: %s from scratch, CLIP loss on %d pairs, same steps/batch",
+             STUDENT_MODEL, corpus["paired_count"])
+    baseline_ckpt = run_open_clip_train(argv, run_dir, "baseline")
+    timings["baseline_s"] = time.time() - t0
+    log.info("[demo 4/5] baseline trained in %.1f s -> %s", timings["baseline_s"], baseline_ckpt)
+
+    # 5. evaluation ----------------------------------------------------------------------------
+    t0 = time.time()
+    log.info("[demo 5/5] evaluating on %s (%d images, %d classes)", corpus["eval_dir"],
+             corpus["eval_count"], corpus["num_classes"])
+    results = {}
+    for who, model_name, ckpt in (("teacher", TEACHER_MODEL, teacher_path),
+                                  ("student", STUDENT_MODEL, student_ckpt),
+                                  ("baseline", STUDENT_MODEL, baseline_ckpt)):
+        results[who] = evaluate_checkpoint(model_name, ckpt, corpus["eval_dir"],
+                                           speed_batch=cfg["speed_batch"], speed_iters=cfg["speed_iters"])
+        results[who]["model"] = model_name
+    timings["eval_s"] = time.time() - t0
+    t, s, b = results["teacher"], results["student"], results["baseline"]
+    s["student_over_teacher"] = s["zeroshot_top1"] / t["zeroshot_top1"] if t["zeroshot_top1"] > 0 else 0.0
+    b["baseline_over_teacher"] = b["zeroshot_top1"] / t["zeroshot_top1"] if t["zeroshot_top1"] > 0 else 0.0
+    s["target_met"] = bool(s["student_over_teacher"] >= 0.9 and s["zeroshot_top1"] > b["zeroshot_top1"])
+    s["speedup_over_teacher"] = s["images_per_s"] / t["images_per_s"]
+    for who, sec in (("teacher", "teacher_s"), ("student", "student_s"), ("baseline", "baseline_s")):
+        results[who]["train_s"] = round(timings[sec], 1)
+    for who in ("student", "baseline"):
+        results[who].update(steps=steps, batch_size=cfg["batch_size"])
+    s["data"] = "unpaired: %d images + %d sentences" % (corpus["images_count"], corpus["texts_count"])
+    b["data"] = "paired: %d image-text pairs" % corpus["paired_count"]
+    timings["total_s"] = time.time() - t_all
+    s["demo_total_s"] = round(timings["total_s"], 1)
+    with open(os.path.join(run_dir, "demo_results.json"), "w") as f:
+        json.dump(results, f, indent=1, sort_keys=True)
+    table = format_table(results)
+    print(table, flush=True)
+    log.info("[demo 5/5] evaluation took %.1f s; demo total %.1f s; results -> %s", timings["eval_s"],
+             timings["total_s"], os.path.join(run_dir, "demo_results.json"))
+    return results
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m openclip_distill.demo.run")
+    p.add_argument("--logs", default="./logs")
+    p.add_argument("--name", default=None)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true")
+    a = p.parse_args(argv)
+    run_demo(a.logs, a.name, a.workers, a.seed, a.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Distributed similarity losses: 2 gloo CPU processes against one process on the concatenated batch.
+
+Convention checked (``openclip_distill/kernels/distributed.py``): with rank r holding its local rows,
+
+* ``mean_r loss_r == loss_global`` (the single-process naive loss on the whole batch),
+* the gradient reaching rank r's features is ``world_size * dL_global/dx_r``,
+* the replicated logit scale: ``mean_r dloss_r/ds == dL_global/ds``
+
+(what DDP's gradient averaging turns into the global gradient). Ranks hold unequal row counts.
+"""
+import os
+import socket
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from openclip_distill.kernels import contrastive_loss, similarity_kl_loss
+
+WORLD = 2
+N, M, D_S, D_T = 13, 9, 6, 10
+ROW_SPLIT, COL_SPLIT = (7, 6), (4, 5)  # unequal on purpose
+IMPLS = ("naive", "chunked", "triton")
+KL_MODES = [("own", True), ("own", False), ("teacher_b", True), ("student_a", True), ("student_a", False)]
+
+
+def global_batch():
+    g = torch.Generator().manual_seed(0)
+
+    def unit(n, d):
+        return F.normalize(torch.randn(n, d, generator=g) + 2.0, dim=-1)
+
+    return dict(student_a=unit(N, D_S), student_b=unit(M, D_S), teacher_a=unit(N, D_T), teacher_b=unit(M, D_T),
+                teacher_b_shared=unit(M, D_S), teacher_a_self=unit(N, D_T), images=unit(N, D_S), texts=unit(N, D_S))
+
+
+def kl_call(batch, mode, bidirectional, impl, rows=slice(None), cols=slice(None), distributed=None):
+    """Run one KL configuration on the given row/column slices; returns (loss, {name: grad})."""
+    leaf = lambda x: x.clone().requires_grad_()  # noqa: E731
+    scale = torch.tensor(80.0, requires_grad=True)
+    student_a = leaf(batch["student_a"][rows])
+    if mode == "own":
+        student_b, teacher_a, teacher_b = leaf(batch["student_b"][cols]), batch["teacher_a"][rows], batch["teacher_b"][cols]
+        wrt = dict(student_a=student_a, student_b=student_b)
+    elif mode == "teacher_b":
+        teacher_a, teacher_b = batch["teacher_a"][rows][:, :D_S].contiguous(), batch["teacher_b_shared"][cols]
+        student_b = teacher_b
+        wrt = dict(student_a=student_a)
+    else:  # self-similarity: rows and columns are the same local rows
+        student_b, teacher_a = student_a, batch["teacher_a_self"][rows]
+        teacher_b = teacher_a
+        wrt = dict(student_a=student_a)
+    wrt["scale"] = scale
+    loss = similarity_kl_loss(student_a, student_b, teacher_a, teacher_b, student_scale=scale, teacher_scale=100.0,
+                              temperature=3.0, bidirectional=bidirectional, impl=impl, distributed=distributed)
+    grads = torch.autograd.grad(loss, list(wrt.values()))
+    return loss.detach(), dict(zip(wrt, grads))
+
+
+def infonce_call(batch, impl, rows=slice(None), distributed=None):
+    images, texts = batch["images"][rows].clone().requires_grad_(), batch["texts"][rows].clone().requires_grad_()
+    scale = torch.tensor(1 / 0.07, requires_grad=True)
+    loss = contrastive_loss(images, texts, scale, impl=impl, distributed=distributed)
+    grads = torch.autograd.grad(loss, [images, texts, scale])
+    return loss.detach(), dict(images=grads[0], texts=grads[1], scale=grads[2])
+
+
+def _slices(rank):
+    r0 = sum(ROW_SPLIT[:rank])
+    c0 = sum(COL_SPLIT[:rank])
+    return slice(r0, r0 + ROW_SPLIT[rank]), slice(c0, c0 + COL_SPLIT[rank])
+
+
+def _worker(rank, port, out_dir):
+    os.environ["TRITON_INTERPRET"] = "1"  # this process only, before Triton kernels are first built
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        batch = global_batch()
+        rows, cols = _slices(rank)
+        results = {}
+        for impl in IMPLS:
+            results["infonce", impl] = infonce_call(batch, impl, rows)
+            for mode, bidirectional in KL_MODES:
+                kl_cols = rows if mode == "student_a" else cols
+                results["kl", impl, mode, bidirectional] = kl_call(batch, mode, bidirectional, impl, rows, kl_cols)
+        # distributed=False under an initialised group: the local batch only
+        results["local-only"] = infonce_call(batch, "chunked", rows, distributed=False)
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def rank_results():
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.spawn(_worker, args=(_free_port(), out_dir), nprocs=WORLD, join=True)
+        return [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(WORLD)]
+
+
+def _check(per_rank, global_loss, global_grads, slice_of):
+    torch.testing.assert_close(torch.stack([loss for loss, _ in per_rank]).mean(), global_loss, rtol=2e-5, atol=2e-5)
+    for name, grad in global_grads.items():
+        if name == "scale":
+            got = torch.stack([grads[name] for _, grads in per_rank]).mean()
+            torch.testing.assert_close(got, grad, rtol=1e-4, atol=1e-6)
+            continue
+        for rank, (_, grads) in enumerate(per_rank):
+            want = WORLD * grad[slice_of(name, rank)]
+            err, ref = (grads[name] - want).abs().max().item(), want.abs().max().item()
+            # fp32 summation-order noise only (as in test_kernels_similarity): 2e-5 of the largest entry
+            assert err <= 2e-5 * ref + 1e-9, f"{name} on rank {rank}: max abs err {err:.3g}, max |grad| {ref:.3g}"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_distributed_contrastive_loss_matches_global_batch(rank_results, impl):
+    global_loss, global_grads = infonce_call(global_batch(), "naive", distributed=False)
+    per_rank = [results["infonce", impl] for results in rank_results]
+    _check(per_rank, global_loss, global_grads, lambda name, rank: _slices(rank)[0])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("mode,bidirectional", KL_MODES, ids=[f"{m}-{'bi' if b else 'rows'}" for m, b in KL_MODES])
+def test_distributed_similarity_kl_matches_global_batch(rank_results, impl, mode, bidirectional):
+    global_loss, global_grads = kl_call(global_batch(), mode, bidirectional, "naive", distributed=False)
+    per_rank = [results["kl", impl, mode, bidirectional] for results in rank_results]
+    _check(per_rank, global_loss, global_grads,
+           lambda name, rank: _slices(rank)[1] if name == "student_b" else _slices(rank)[0])
+
+
+def test_distributed_false_uses_the_local_batch(rank_results):
+    batch = global_batch()
+    for rank, results in enumerate(rank_results):
+        local_loss, _ = infonce_call({k: v[_slices(rank)[0]] for k, v in batch.items() if k in ("images", "texts")},
+                                     "naive", distributed=False)
+        torch.testing.assert_close(results["local-only"][0], local_loss, rtol=1e-5, atol=1e-6)
