@@ -5,7 +5,9 @@
 
 For every (loss, N = M, d, dtype) and implementation it prints
 
-* ``fwd+bwd ms``: median over ``--reps`` timed runs after ``--warmup`` runs (CUDA: synchronised),
+* ``fwd+bwd ms``: median over ``--reps`` timed runs after ``--warmup`` runs (CUDA: synchronised). The
+  implementations of one configuration are timed in one process, *interleaved* rep by rep, so that a
+  shared machine's changing load hits all of them alike,
 * ``peak MiB``: memory the loss needed above its inputs. CUDA: ``max_memory_allocated`` minus what was
   allocated before the call. CPU: each configuration runs in a fresh subprocess (glibc told to mmap every
   allocation >= 128 KiB, so freed memory leaves the RSS); the kernel's RSS high-water mark is reset
@@ -71,49 +73,65 @@ def _proc_status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def measure(loss, impl, n, d, dtype_name, device, warmup, reps):
-    """One configuration in this process: {'ms': median, 'peak_bytes': ..., 'error': ...}."""
+def _is_oom(err: BaseException) -> bool:
     import torch
-    dtype = getattr(torch, dtype_name)
-    inputs = _make_inputs(loss, n, d, dtype, device)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    if isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(err, RuntimeError) and ("out of memory" in str(err) or "can't allocate memory" in str(err))
+
+
+def measure_memory(loss, impl, n, d, dtype_name, device):
+    """Peak bytes one fwd+bwd needs above its inputs (see module docstring), or ``{'error': 'OOM'}``."""
+    import torch
+    inputs = _make_inputs(loss, n, d, getattr(torch, dtype_name), device)
     try:
         if device.startswith("cuda"):
-            sync()
+            torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()
             _step(loss, impl, inputs)
-            sync()
-            peak = torch.cuda.max_memory_allocated() - before
-        else:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset VmHWM to the current RSS
-            before = _proc_status_kib("VmRSS")
-            _step(loss, impl, inputs)
-            peak = (_proc_status_kib("VmHWM") - before) * 1024
-        for _ in range(warmup):
-            _step(loss, impl, inputs)
-        times = []
-        for _ in range(reps):
-            sync()
-            start = time.perf_counter()
-            _step(loss, impl, inputs)
-            sync()
-            times.append(time.perf_counter() - start)
-    except (torch.cuda.OutOfMemoryError, MemoryError):
-        return {"error": "OOM"}
-    except RuntimeError as err:
-        if "out of memory" in str(err) or "can't allocate memory" in str(err):
+            torch.cuda.synchronize()
+            return {"peak_bytes": torch.cuda.max_memory_allocated() - before}
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        before = _proc_status_kib("VmRSS")
+        _step(loss, impl, inputs)
+        return {"peak_bytes": (_proc_status_kib("VmHWM") - before) * 1024}
+    except Exception as err:  # noqa: BLE001 -- only OOMs are reported, the rest re-raised
+        if _is_oom(err):
             return {"error": "OOM"}
         raise
-    return {"ms": 1e3 * statistics.median(times), "peak_bytes": peak}
 
 
-def measure_isolated(loss, impl, n, d, dtype_name, device, warmup, reps):
-    """``measure`` in a fresh interpreter (CPU memory is a per-process high-water mark)."""
+def measure_times(loss, impls, n, d, dtype_name, device, warmup, reps):
+    """Median fwd+bwd milliseconds per implementation, timed interleaved; ``None`` for one that OOMs."""
+    import torch
+    inputs = _make_inputs(loss, n, d, getattr(torch, dtype_name), device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    live, times = list(impls), {impl: [] for impl in impls}
+    for rep in range(warmup + reps):
+        for impl in list(live):
+            try:
+                sync()
+                start = time.perf_counter()
+                _step(loss, impl, inputs)
+                sync()
+            except Exception as err:  # noqa: BLE001
+                if not _is_oom(err):
+                    raise
+                live.remove(impl)
+                if device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+                continue
+            if rep >= warmup:
+                times[impl].append(time.perf_counter() - start)
+    return {impl: (1e3 * statistics.median(times[impl]) if impl in live else None) for impl in impls}
+
+
+def run_child(kind, args):
+    """Run ``measure_memory`` / ``measure_times`` in a fresh interpreter and return its JSON answer."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
-    cmd = [sys.executable, os.path.abspath(__file__), "--child",
-           json.dumps([loss, impl, n, d, dtype_name, device, warmup, reps])]
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps([kind] + list(args))]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode in (-9, 137):  # killed by the kernel's OOM killer
         return {"error": "OOM"}
@@ -175,37 +193,48 @@ def main(argv=None):
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(measure(*json.loads(args.child))))
+        kind, *child_args = json.loads(args.child)
+        print(json.dumps((measure_memory if kind == "memory" else measure_times)(*child_args)))
         return
 
     impls = args.impls.split(",")
     losses = ["infonce", "kl"] if args.loss == "both" else [args.loss]
     on_cuda = args.device.startswith("cuda")
     print(f"device: {describe_device(args.device)}")
+    print(f"load average (1, 5, 15 min) at start: {os.getloadavg()}")
     peaks = {}
     for dtype_name in args.dtypes.split(","):
         peaks[dtype_name] = args.peak_flops or (H100_BF16_DENSE_FLOPS if on_cuda else cpu_matmul_peak(dtype_name))
         print(f"matmul peak used for {dtype_name}: {peaks[dtype_name] / 1e9:.1f} GFLOP/s"
               + ("" if args.peak_flops or on_cuda else " (measured, 4096^3 matmul)"))
-    header = ("| loss | impl | N | d | dtype | fwd+bwd ms | peak MiB | time x naive | mem x naive | TFLOP/s | % peak |\n"
-              "|---|---|---|---|---|---|---|---|---|---|---|")
+    header = ("| loss | impl | N | d | dtype | fwd+bwd ms | peak MiB | time x naive | mem x naive | TFLOP/s "
+              "| % peak |\n|---|---|---|---|---|---|---|---|---|---|---|")
     print(header)
     for loss in losses:
         for dtype_name in args.dtypes.split(","):
             for d in map(int, args.dims.split(",")):
                 for n in map(int, args.sizes.split(",")):
-                    naive = None
+                    results = {}
                     for impl in impls:
                         est = NAIVE_LOGIT_MATRICES[loss] * n * n * 4
                         if impl == "naive" and not on_cuda and est > 0.8 * _available_bytes():
-                            res = {"error": f"OOM (est. {est / 2**30:.1f} GiB)"}
-                        elif on_cuda:
-                            res = measure(loss, impl, n, d, dtype_name, args.device, args.warmup, args.reps)
+                            results[impl] = {"error": f"OOM (est. {est / 2**30:.1f} GiB)"}
+                        elif on_cuda:  # the CUDA allocator tracks its own peak: no fresh process needed
+                            results[impl] = measure_memory(loss, impl, n, d, dtype_name, args.device)
                         else:
-                            res = measure_isolated(loss, impl, n, d, dtype_name, args.device, args.warmup, args.reps)
-                        if impl == "naive":
-                            naive = res
-                        print(_row(loss, impl, n, d, dtype_name, res, naive, peaks[dtype_name]), flush=True)
+                            results[impl] = run_child("memory", [loss, impl, n, d, dtype_name, args.device])
+                    timed = [impl for impl in impls if "error" not in results[impl]]
+                    time_args = [loss, timed, n, d, dtype_name, args.device, args.warmup, args.reps]
+                    times = measure_times(*time_args) if on_cuda else run_child("times", time_args)
+                    for impl in timed:
+                        if times[impl] is None:
+                            results[impl] = {"error": "OOM"}
+                        else:
+                            results[impl]["ms"] = times[impl]
+                    for impl in impls:
+                        print(_row(loss, impl, n, d, dtype_name, results[impl], results.get("naive"),
+                                   peaks[dtype_name]), flush=True)
+    print(f"load average (1, 5, 15 min) at end: {os.getloadavg()}")
 
 
 def _row(loss, impl, n, d, dtype_name, res, naive, peak):

@@ -29,16 +29,18 @@ class DistillFeatures:
         self.student, self.teacher = student, teacher
         unwrapped = student.module if hasattr(student, "module") else student
         self.student_input = ModelInput.from_model(unwrapped).to(device)
-        self.teacher_input = ModelInput.from_model(teacher).to(device)
         self.student_tokenizer, self.teacher_tokenizer = student_tokenizer, teacher_tokenizer
         self.device = device
-        self.autocast = get_autocast(precision, device_type=torch.device(device).type)
-        self.teacher_autocast = get_autocast(teacher_precision or precision, device_type=torch.device(device).type)
-        self.teacher_dtype = next(teacher.parameters()).dtype
+        device_type = torch.device(device).type
+        self.autocast = get_autocast(precision, device_type=device_type)
         self.input_names = loss_input_names(loss)
         self.paired = bool(getattr(loss, "requires_paired_data", False))
         self.student_text = self.paired or train_student_text
         self.uses_student_scale = bool({"logit_scale", "logit_bias"} & self.input_names)
+        if teacher is not None:  # None: teacher outputs come with the batch (openclip_distill.cache)
+            self.teacher_input = ModelInput.from_model(teacher).to(device)
+            self.teacher_autocast = get_autocast(teacher_precision or precision, device_type=device_type)
+            self.teacher_dtype = next(teacher.parameters()).dtype
 
     @torch.no_grad()
     def teacher_features(self, images, texts) -> dict:
@@ -67,9 +69,12 @@ class DistillFeatures:
             feats["logit_bias"] = out["logit_bias"].reshape(())
         return feats
 
+    def batch_teacher_features(self, batch, images) -> dict:
+        """The teacher's outputs for ``batch`` (``images`` already on the device)."""
+        return self.teacher_features(images, batch["text"])
+
     def __call__(self, batch) -> dict:
         images = batch["image"].to(self.device, non_blocking=True)
-        texts = batch["text"]
-        feats = self.teacher_features(images, texts)
-        feats.update(self.student_features(images, texts))
+        feats = self.batch_teacher_features(batch, images)
+        feats.update(self.student_features(images, batch["text"]))
         return {k: v for k, v in feats.items() if k in self.input_names}

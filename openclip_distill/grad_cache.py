@@ -45,7 +45,7 @@ def grad_cache_backward(engine, features, loss, micro_batches, is_finite=None):
     teacher, student, rng = [], [], []
     for batch in micro_batches:
         images = batch["image"].to(device, non_blocking=True)
-        teacher.append(features.teacher_features(images, batch["text"]))
+        teacher.append(features.batch_teacher_features(batch, images))
         rng.append(_rng_state(device))
         student.append(features.student_features(images, batch["text"], grad=False))
 

@@ -92,7 +92,11 @@ def _create_student(args, device, teacher):
                                 f"({str(e).splitlines()[0][:200]}); pass a local file or a known tag") from None
     tokenizer = open_clip.get_tokenizer(args.model, cache_dir=args.cache_dir)
     if args.student_text_tower == "teacher":
-        n = adopt_teacher_text_tower(student, teacher, args.model, args.distill_teacher)
+        if teacher is None:  # --teacher-cache: the cache keeps the teacher's text tower
+            from .cache import adopt_cached_text_tower
+            n = adopt_cached_text_tower(student, args.teacher_cache, args.model, args.distill_teacher)
+        else:
+            n = adopt_teacher_text_tower(student, teacher, args.model, args.distill_teacher)
         logging.info(f"Student reuses the teacher's frozen text tower ({n} tensors copied)")
     if args.lock_image:
         student.lock_image_tower(unlocked_groups=args.lock_image_unlocked_groups,
@@ -107,6 +111,11 @@ def _create_student(args, device, teacher):
 
 def run(args) -> int:
     loss_cls = registry.get_loss_class(args.distill_loss)
+    manifest = None
+    if args.teacher_cache:
+        from .cache import load_manifest
+        manifest = load_manifest(args.teacher_cache)
+        args.distill_teacher = args.distill_teacher or manifest["teacher"]
     validate_args(args, loss_cls)
     device = init_distributed_device(args)
     _experiment_dirs(args)
@@ -115,7 +124,12 @@ def run(args) -> int:
     args.save_logs = bool(args.logs) and args.logs.lower() != "none" and is_master(args)
 
     random_seed(args.seed, 0)
-    teacher, _, teacher_tokenizer = create_teacher(args, device)
+    teacher = teacher_tokenizer = None
+    if manifest is None:
+        teacher, _, teacher_tokenizer = create_teacher(args, device)
+    else:
+        logging.info(f"Teacher {manifest['teacher']} ({manifest.get('teacher_pretrained')}) from the embedding cache "
+                     f"{args.teacher_cache}: it is never instantiated")
     student, preprocess_val, tokenizer = _create_student(args, device, teacher)
     loss_kwargs = dict(args.distill_loss_kwargs)
     loss_kwargs.setdefault("impl", args.loss_impl)
@@ -129,9 +143,16 @@ def run(args) -> int:
         logging.info(f"Student {args.model}: {sum(p.numel() for p in student.parameters()) / 1e6:.2f}M params; "
                      f"loss {args.distill_loss} {loss_kwargs}")
 
-    features = DistillFeatures(student, teacher, loss, tokenizer, teacher_tokenizer, device=device,
-                               precision=args.precision, teacher_precision=args.distill_teacher_precision,
-                               train_student_text=args.student_text_tower == "train")
+    if manifest is None:
+        features = DistillFeatures(student, teacher, loss, tokenizer, teacher_tokenizer, device=device,
+                                   precision=args.precision, teacher_precision=args.distill_teacher_precision,
+                                   train_student_text=args.student_text_tower == "train")
+    else:
+        from .cache import CachedDistillFeatures
+        features = CachedDistillFeatures(student, loss, tokenizer, logit_scale=manifest["logit_scale"],
+                                         logit_bias=manifest.get("logit_bias"), device=device,
+                                         precision=args.precision,
+                                         train_student_text=args.student_text_tower == "train")
     if not features.uses_student_scale:
         student.logit_scale.requires_grad_(False)  # e.g. DIME-FM's fixed scale: the student's is unused
     engine = create_engine(student, args, device)
@@ -141,7 +162,7 @@ def run(args) -> int:
     if args.resume:
         start_epoch, state["step"] = engine.resume(args.resume)
 
-    train_data, counters = build_train_data(args, loss_cls, student, teacher, start_epoch)
+    train_data, counters = build_train_data(args, loss_cls, student, teacher, start_epoch, manifest)
     scheduler = create_scheduler(engine.optimizer, args, train_data.num_batches // args.accum_freq)
     evaluator = build_eval(args, preprocess_val, tokenizer)
     writer = None

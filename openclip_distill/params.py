@@ -43,6 +43,9 @@ def build_distill_parser() -> argparse.ArgumentParser:
     g.add_argument("--student-text-tower", default="teacher", choices=("teacher", "train"),
                    help="teacher: reuse the frozen teacher text tower (official DIME-FM); "
                         "train: distill the student's own text tower too.")
+    g.add_argument("--teacher-cache", default=None, type=str, metavar="DIR",
+                   help="Train from precomputed teacher embeddings (python -m openclip_distill.cache): "
+                        "the teacher is never instantiated; images and sentences come from the cache.")
     g.add_argument("--eval-data", default=None, type=str,
                    help="Local zero-shot/retrieval set (folder or shards, see openclip_distill.eval), "
                         "evaluated every --zeroshot-frequency epochs and at the end.")
@@ -109,7 +112,11 @@ def validate_args(args, loss_cls) -> None:
     """Cross-flag checks; each failure is a one-line DistillUsageError naming the flag and the fix."""
     if not args.distill_teacher:
         raise DistillUsageError("--distill-teacher is required (an OpenCLIP model name such as ViT-L-14)")
-    if loss_cls.requires_paired_data:
+    if args.teacher_cache:
+        if loss_cls.requires_paired_data:
+            raise DistillUsageError(f"--teacher-cache holds unpaired images and sentences; --distill-loss "
+                                    f"{args.distill_loss} trains on paired data: drop one of them")
+    elif loss_cls.requires_paired_data:
         if not args.train_data:
             raise DistillUsageError(
                 f"--distill-loss {args.distill_loss} trains on paired data: pass --train-data SHARDS "

@@ -36,12 +36,17 @@ def view_size_for(*models) -> int:
     return max(max(ModelInput.from_model(m).image_size) for m in models)
 
 
-def build_train_data(args, loss_cls, student, teacher, epoch: int):
-    """Returns (loader, counters): unpaired images + sentences, or paired ``--train-data``."""
+def build_train_data(args, loss_cls, student, teacher, epoch: int, manifest=None):
+    """Returns (loader, counters): unpaired images + sentences (live or from ``--teacher-cache``
+    whose ``manifest`` is given), or paired ``--train-data``."""
     counters = SkipCounters()
     args.aug_scale = tuple((args.aug_cfg or {}).get("scale", (0.9, 1.0)))
-    view_size = view_size_for(student, teacher)
-    if loss_cls.requires_paired_data:
+    teacher_sizes = manifest["teacher_image_size"] if manifest is not None else [view_size_for(teacher)]
+    view_size = max(view_size_for(student), *teacher_sizes)
+    if manifest is not None:
+        from .cache import get_cached_unpaired_data
+        data = get_cached_unpaired_data(args, view_size, counters=counters, epoch=epoch)
+    elif loss_cls.requires_paired_data:
         info = get_paired_dataset(
             args.train_data, batch_size=args.batch_size, view_size=view_size, num_samples=args.train_num_samples,
             workers=args.workers, seed=args.seed, epoch=epoch, world_size=args.world_size, rank=args.rank,

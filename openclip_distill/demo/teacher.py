@@ -43,21 +43,31 @@ TEACHER_TRAIN_DEFAULTS: Dict[str, Union[int, float]] = dict(
 
 @contextmanager
 def preserve_logging():
-    """OpenCLIP's trainer adds root log handlers (stream + file) on every call: drop them again
-    so repeated in-process runs neither duplicate lines nor leak open files."""
+    """OpenCLIP's trainer adds root log handlers (stream + file) and sets *every* logger to INFO
+    on each call. Detach the caller's handlers meanwhile (no line printed twice), then drop the
+    trainer's and restore handlers and levels, so repeated in-process runs neither duplicate
+    lines, leak open files, nor leave library loggers (e.g. torch._dynamo) chatty."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    levels = {n: lg.level for n, lg in logging.root.manager.loggerDict.items()
+              if isinstance(lg, logging.Logger)}
+    for h in handlers:  # the trainer brings its own stream handler: avoid printing lines twice
+        root.removeHandler(h)
     try:
         yield
     finally:
         for h in list(root.handlers):
-            if h not in handlers:
-                root.removeHandler(h)
-                try:
-                    h.close()
-                except Exception:  # pragma: no cover
-                    pass
+            root.removeHandler(h)
+            try:
+                h.close()
+            except Exception:  # pragma: no cover
+                pass
+        for h in handlers:
+            root.addHandler(h)
         root.setLevel(level)
+        for n, lg in list(logging.root.manager.loggerDict.items()):
+            if isinstance(lg, logging.Logger):
+                lg.setLevel(levels.get(n, logging.NOTSET))
 
 
 def run_open_clip_train(argv, logs: str, name: str) -> str:

@@ -8,7 +8,13 @@ the inputs and O(N + M) log-sum-exps; backward recomputes each tile and accumula
     d rows = s * G @ cols,   d cols = s * G^T @ rows,   d s = sum_ij G_ij (rows cols^T)_ij = sum_i rows_i . (G @ cols)_i
 
 where ``G = dL/dS`` for the tile (Inf-CL's recompute-in-backward, without its d % 256 and
-one-direction restrictions). Logits and statistics are fp32 whatever the input dtype.
+one-direction restrictions). Logits and statistics are fp32 whatever the input dtype. Tiles are reused
+buffers updated in place, so a chunk costs two (InfoNCE) or four (KL) ``chunk_rows x M`` fp32 buffers.
+
+Exponents are clamped at ``EXP_FLOOR`` = -80 before ``exp``: every exponent here is a logit minus a
+max or log-sum-exp, so the clamp changes an entry by at most e^-80 ~ 1.8e-35, far below fp32 resolution
+of sums that contain exp(0) = 1, while PyTorch's CPU ``exp`` takes a ~10x slower path for arguments
+that underflow (at logit scale 100 most of them do).
 """
 import torch
 
@@ -17,9 +23,10 @@ from .loss_from_stats import complete_column_stats, kl_from_stats, weighted_tota
 from .online_softmax import log_sum_exp, rescale_running_stats
 from .raw_grads import finish_grads
 
-# Rows per tile when the caller gives none (read at call time). A tile is chunk_rows x M fp32 (x2 for InfoNCE,
-# x4 for the KL); 512 keeps the CPU matmul near its peak while the buffers stay a few % of the N x M logits.
+# Rows per tile when the caller gives none (read at call time). 512 keeps the CPU matmul near its peak
+# while the tile buffers stay a few % of the N x M logits.
 DEFAULT_CHUNK_ROWS = 512
+EXP_FLOOR = -80.0
 
 
 def _fp32(x: torch.Tensor) -> torch.Tensor:
@@ -36,19 +43,47 @@ def _tile_buffers(count: int, like: torch.Tensor, chunk_rows: int, num_cols: int
     return [like.new_empty(rows, num_cols) for _ in range(count)]
 
 
-class ChunkedInfoNCELogSumExp(torch.autograd.Function):
-    """``f = row_weight * sum_i lse_j(S_ij) + col_weight * sum_{owned j} lse_i(S_ij)`` with ``S = s * rows cols^T``.
+def _exp_(t: torch.Tensor) -> torch.Tensor:
+    """In place ``exp(max(t, EXP_FLOOR))`` (see module docstring)."""
+    return t.clamp_min_(EXP_FLOOR).exp_()
 
-    The log-sum-exp half of symmetric InfoNCE (CLIP, Radford et al. 2021); the diagonal (target) logits
-    are linear in the features and are added by the caller with plain autograd.
 
-        dL/dS_ij = row_weight * softmax_j(S_i.)_j + col_weight * softmax_i(S_.j)_i
+def _shifted_exp(x: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out = exp(x - shift)`` (broadcast ``shift``), clamped like ``_exp_``."""
+    return _exp_(torch.sub(x, shift, out=out))
+
+
+def _tile_weights(layout: LossLayout):
+    """``(w, r)`` with ``row_weight * P + col_weight * Q = w * (Q + r * P)``; rows only ``w = row_weight``.
+
+    Accumulating ``Q + r P`` is one fused pass per tile; ``w`` is applied to the O(N d) results instead."""
+    if layout.has_columns:
+        return layout.col_weight, layout.row_weight / layout.col_weight
+    return layout.row_weight, 1.0
+
+
+def _paired_columns(layout: LossLayout, right: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """Columns paired with the local rows (InfoNCE targets): ``right[col_start + i]`` for row i."""
+    if layout.col_stop - layout.col_start != num_rows:
+        raise ValueError(f"InfoNCE pairs local rows with owned columns, got {num_rows} rows and "
+                         f"{layout.col_stop - layout.col_start} owned columns")
+    return right[layout.col_start:layout.col_stop]
+
+
+class ChunkedInfoNCE(torch.autograd.Function):
+    """Symmetric InfoNCE on a local block (CLIP, Radford et al. 2021), ``S = s * rows cols^T``:
+
+        f = row_weight * sum_i (lse_j S_ij - S_{i,t(i)}) + col_weight * sum_{owned j} (lse_i S_ij - S_{t^-1(j),j})
+        dL/dS_ij = row_weight * softmax_j(S_i.)_j + col_weight * softmax_i(S_.j)_i - (row_weight + col_weight) [j = t(i)]
+
+    with target ``t(i) = col_start + i``. One process: weights ``1/(2N)``, i.e. OpenCLIP ``ClipLoss``.
     """
 
     @staticmethod
     def forward(ctx, rows, cols, scale, layout: LossLayout, chunk_rows: int):
         left, right = _fp32(rows), _fp32(cols)
         num_cols = right.shape[0]
+        paired = _paired_columns(layout, right, left.shape[0])
         logits, work = _tile_buffers(2, left, chunk_rows, num_cols)
         row_lse = left.new_empty(left.shape[0])
         col_max = left.new_full((num_cols,), float("-inf"))
@@ -57,21 +92,20 @@ class ChunkedInfoNCELogSumExp(torch.autograd.Function):
             tile, exps = logits[: stop - start], work[: stop - start]
             torch.mm(left[start:stop] * scale, right.T, out=tile)
             row_max = tile.amax(1)
-            torch.sub(tile, row_max[:, None], out=exps).exp_()
-            row_lse[start:stop] = log_sum_exp(row_max, exps.sum(1))
+            row_lse[start:stop] = log_sum_exp(row_max, _shifted_exp(tile, row_max[:, None], exps).sum(1))
             if layout.has_columns:
                 new_max = torch.maximum(col_max, tile.amax(0))
                 rescale_running_stats(col_max, new_max, [col_sum])
-                torch.sub(tile, new_max, out=exps).exp_()
-                col_sum += exps.sum(0)
+                col_sum += _shifted_exp(tile, new_max, exps).sum(0)
                 col_max = new_max
         col_lse = row_lse.new_empty(0)
         if layout.has_columns:
             (col_max,), ((col_sum,),) = complete_column_stats(layout, [col_max], [[col_sum]])
             col_lse = log_sum_exp(col_max, col_sum)
+        target_logits = scale * torch.dot(left.reshape(-1), paired.reshape(-1))
         ctx.save_for_backward(rows, cols, scale, row_lse, col_lse)
         ctx.layout, ctx.chunk_rows = layout, chunk_rows
-        return weighted_total(layout, row_lse, col_lse)
+        return weighted_total(layout, row_lse, col_lse) - (layout.row_weight + layout.col_weight) * target_logits
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -82,24 +116,32 @@ class ChunkedInfoNCELogSumExp(torch.autograd.Function):
         logits, grad_tile = _tile_buffers(2, left, chunk_rows, right.shape[0])
         d_left = left.new_empty(left.shape) if (need_rows or need_scale) else None
         d_right = torch.zeros_like(right) if need_cols else None
+        weight, row_ratio = _tile_weights(layout)
         for start, stop in _chunks(left.shape[0], chunk_rows):
             tile, grad = logits[: stop - start], grad_tile[: stop - start]
             torch.mm(left[start:stop] * scale, right.T, out=tile)
-            torch.sub(tile, row_lse[start:stop, None], out=grad).exp_().mul_(layout.row_weight)
+            _shifted_exp(tile, row_lse[start:stop, None], grad)                      # P
             if layout.has_columns:
-                tile.sub_(col_lse).exp_()
-                grad.add_(tile, alpha=layout.col_weight)
+                torch.add(_exp_(tile.sub_(col_lse)), grad, alpha=row_ratio, out=grad)  # Q + ratio * P
             if d_left is not None:
                 torch.mm(grad, right, out=d_left[start:stop])
             if d_right is not None:
                 d_right.addmm_(grad.T, left[start:stop])
-        return finish_grads(grad_output, scale, left, d_left, d_right, rows, cols, need_rows, need_scale) + (None, None)
+        # target logits: -(row_weight + col_weight) on each (i, t(i)), linear in the features
+        target_weight = (layout.row_weight + layout.col_weight) / weight
+        if d_left is not None:
+            d_left.sub_(_paired_columns(layout, right, left.shape[0]), alpha=target_weight)
+        if d_right is not None:
+            d_right[layout.col_start:layout.col_stop].sub_(left, alpha=target_weight)
+        return finish_grads(grad_output, weight, scale, left, d_left, d_right, rows, cols, need_rows,
+                            need_scale) + (None, None)
 
 
 class ChunkedSimilarityKL(torch.autograd.Function):
     """DIME-FM similarity KL on a local block (teacher A = a_t * Ta Tb^T, student B = b_s * Sa Sb^T, tau folded in):
 
-        f = row_weight * sum_i KL(softmax(A_i.) || softmax(B_i.)) + col_weight * sum_{owned j} KL(softmax(A_.j) || softmax(B_.j))
+        f = row_weight * sum_i KL(softmax(A_i.) || softmax(B_i.))
+            + col_weight * sum_{owned j} KL(softmax(A_.j) || softmax(B_.j))
         dL/dB_ij = row_weight * (q_ij - p_ij) + col_weight * (q'_ij - p'_ij)
 
     with p, q the row softmaxes of A, B and p', q' the column softmaxes. Only B carries gradient.
@@ -121,22 +163,20 @@ class ChunkedSimilarityKL(torch.autograd.Function):
             torch.mm(t_left[start:stop] * teacher_mult, t_right.T, out=a)
             torch.mm(s_left[start:stop] * student_mult, s_right.T, out=b)
             torch.sub(a, b, out=d)
-            max_t = a.amax(1)
-            torch.sub(a, max_t[:, None], out=e).exp_()
-            sum_t = e.sum(1)
+            max_t, max_s = a.amax(1), b.amax(1)
+            sum_t = _shifted_exp(a, max_t[:, None], e).sum(1)
             wsum_t = e.mul_(d).sum(1)
-            max_s = b.amax(1)
-            sum_s = torch.sub(b, max_s[:, None], out=e).exp_().sum(1)
+            sum_s = _shifted_exp(b, max_s[:, None], e).sum(1)
             row_kl[start:stop], row_lse_t[start:stop], row_lse_s[start:stop] = kl_from_stats(
                 max_t, sum_t, wsum_t, max_s, sum_s)
             if layout.has_columns:
                 new_max_t = torch.maximum(col_max_t, a.amax(0))
                 rescale_running_stats(col_max_t, new_max_t, [col_sum_t, col_wsum_t])
-                col_sum_t += torch.sub(a, new_max_t, out=e).exp_().sum(0)
+                col_sum_t += _shifted_exp(a, new_max_t, e).sum(0)
                 col_wsum_t += e.mul_(d).sum(0)
                 new_max_s = torch.maximum(col_max_s, b.amax(0))
                 rescale_running_stats(col_max_s, new_max_s, [col_sum_s])
-                col_sum_s += torch.sub(b, new_max_s, out=e).exp_().sum(0)
+                col_sum_s += _shifted_exp(b, new_max_s, e).sum(0)
                 col_max_t, col_max_s = new_max_t, new_max_s
         col_kl = col_lse_t = col_lse_s = row_kl.new_empty(0)
         if layout.has_columns:
@@ -159,23 +199,23 @@ class ChunkedSimilarityKL(torch.autograd.Function):
         teacher, student, grad_tile, work = _tile_buffers(4, s_left, chunk_rows, s_right.shape[0])
         d_left = s_left.new_empty(s_left.shape) if (need_rows or need_scale) else None
         d_right = torch.zeros_like(s_right) if need_cols else None
+        weight, row_ratio = _tile_weights(layout)
         for start, stop in _chunks(s_left.shape[0], chunk_rows):
             a, b, g, e = (buf[: stop - start] for buf in (teacher, student, grad_tile, work))
             torch.mm(t_left[start:stop] * teacher_mult, t_right.T, out=a)
             torch.mm(s_left[start:stop] * student_mult, s_right.T, out=b)
-            torch.sub(b, row_lse_s[start:stop, None], out=g).exp_()           # q  (row softmax of B)
-            g.sub_(torch.sub(a, row_lse_t[start:stop, None], out=e).exp_())    # q - p
-            g.mul_(layout.row_weight)
+            _shifted_exp(b, row_lse_s[start:stop, None], g)                    # q  (row softmax of B)
+            g.sub_(_shifted_exp(a, row_lse_t[start:stop, None], e))            # q - p
             if layout.has_columns:
-                b.sub_(col_lse_s).exp_()                                       # q' (column softmax of B)
-                b.sub_(torch.sub(a, col_lse_t, out=e).exp_())                  # q' - p'
-                g.add_(b, alpha=layout.col_weight)
+                _exp_(b.sub_(col_lse_s))                                       # q' (column softmax of B)
+                b.sub_(_shifted_exp(a, col_lse_t, e))                          # q' - p'
+                torch.add(b, g, alpha=row_ratio, out=g)                        # (q' - p') + ratio (q - p)
             if d_left is not None:
                 torch.mm(g, s_right, out=d_left[start:stop])
             if d_right is not None:
                 d_right.addmm_(g.T, s_left[start:stop])
-        grads = finish_grads(grad_output, student_mult, s_left, d_left, d_right, student_rows, student_cols,
-                              need_rows, need_scale)
+        grads = finish_grads(grad_output, weight, student_mult, s_left, d_left, d_right, student_rows,
+                             student_cols, need_rows, need_scale)
         return grads[:2] + (None, None, grads[2], None, None, None)
 
 
@@ -191,9 +231,16 @@ def _fp32_views(student_rows, student_cols, teacher_rows, teacher_cols):
     return get(student_rows), get(student_cols), get(teacher_rows), get(teacher_cols)
 
 
-def infonce_logsumexp_chunked(rows, cols, scale, layout: LossLayout, *, chunk_rows: int = None):
-    """Tiled ``row_weight * sum_i lse(S_i.) + col_weight * sum_owned lse(S_.j)`` (see ``ChunkedInfoNCELogSumExp``)."""
-    return ChunkedInfoNCELogSumExp.apply(rows, cols, scale, layout, _chunk_rows(chunk_rows))
+def _chunk_rows(chunk_rows):
+    chunk_rows = DEFAULT_CHUNK_ROWS if chunk_rows is None else int(chunk_rows)
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    return chunk_rows
+
+
+def infonce_chunked(rows, cols, scale, layout: LossLayout, *, chunk_rows: int = None):
+    """Tiled symmetric InfoNCE on a local block (see ``ChunkedInfoNCE``)."""
+    return ChunkedInfoNCE.apply(rows, cols, scale, layout, _chunk_rows(chunk_rows))
 
 
 def similarity_kl_chunked(student_rows, student_cols, teacher_rows, teacher_cols, student_mult, teacher_mult,
@@ -201,10 +248,3 @@ def similarity_kl_chunked(student_rows, student_cols, teacher_rows, teacher_cols
     """Tiled DIME-FM similarity KL on a local block (see ``ChunkedSimilarityKL``)."""
     return ChunkedSimilarityKL.apply(student_rows, student_cols, teacher_rows, teacher_cols, student_mult,
                                      teacher_mult, layout, _chunk_rows(chunk_rows))
-
-
-def _chunk_rows(chunk_rows):
-    chunk_rows = DEFAULT_CHUNK_ROWS if chunk_rows is None else int(chunk_rows)
-    if chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    return chunk_rows

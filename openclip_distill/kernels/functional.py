@@ -42,9 +42,9 @@ def resolve_impl(impl: str, like: torch.Tensor) -> str:
 
 def _fused(impl: str):
     if impl == "chunked":
-        return chunked.infonce_logsumexp_chunked, chunked.similarity_kl_chunked
+        return chunked.infonce_chunked, chunked.similarity_kl_chunked
     from . import triton_ops
-    return triton_ops.infonce_logsumexp_triton, triton_ops.similarity_kl_triton
+    return triton_ops.infonce_triton, triton_ops.similarity_kl_triton
 
 
 def contrastive_loss(image_features, text_features, logit_scale, *, impl="auto", distributed=None):
@@ -67,11 +67,8 @@ def contrastive_loss(image_features, text_features, logit_scale, *, impl="auto",
         return contrastive_loss_naive_distributed(world, image_features, text_features, logit_scale)
     scale = scale_tensor(logit_scale, image_features)
     texts, layout = _columns_and_layout(world, image_features, text_features, lambda n, m: (0.5 / n, 0.5 / m))
-    infonce_logsumexp, _ = _fused(impl)
-    lse_terms = infonce_logsumexp(image_features, texts, scale, layout)
-    # Target logits S_ii are linear in the features: the plain-autograd part of the loss, O(N d).
-    target_logits = scale * (image_features.float() * text_features.float()).sum()
-    return lse_terms - (layout.row_weight + layout.col_weight) * target_logits
+    infonce, _ = _fused(impl)
+    return infonce(image_features, texts, scale, layout)
 
 
 def similarity_kl_loss(student_a, student_b, teacher_a, teacher_b, *, student_scale, teacher_scale,

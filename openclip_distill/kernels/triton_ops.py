@@ -13,6 +13,7 @@ import torch
 from .layout import LossLayout
 from .loss_from_stats import complete_column_stats, kl_from_stats, weighted_total
 from .online_softmax import log_sum_exp, merge_partial_stats
+from .chunked import _paired_columns
 from .raw_grads import finish_grads
 from .triton_autotune import (fp32_dot_precision, grid_split, infonce_forward_configs, kl_forward_configs,
                               largest_grid_split)
@@ -59,14 +60,16 @@ def _kernel_flags():
     return dict(UPCAST=triton_interpreter_enabled(), FP32_PRECISION=fp32_dot_precision())
 
 
-class TritonInfoNCELogSumExp(torch.autograd.Function):
-    """Fused ``row_weight * sum_i lse(S_i.) + col_weight * sum_owned lse(S_.j)``, ``S = scale * rows cols^T``
-    (same contract as ``chunked.ChunkedInfoNCELogSumExp``)."""
+class TritonInfoNCE(torch.autograd.Function):
+    """Fused symmetric InfoNCE on a local block, ``S = scale * rows cols^T`` (same contract as
+    ``chunked.ChunkedInfoNCE``): the kernels handle the log-sum-exp terms, the target logits
+    ``S_{i, col_start + i}`` are an O(N d) dot product on the host."""
 
     @staticmethod
     def forward(ctx, rows, cols, scale, layout: LossLayout):
         left, right = _operand_pair(rows, cols)
         (num_rows, dim), num_cols = left.shape, right.shape[0]
+        paired = _paired_columns(layout, right, num_rows)
         p_rows, p_cols = largest_grid_split(num_rows, num_cols, infonce_forward_configs(), left.device)
         row_stats = _stats_buffer(2, p_cols, num_rows, (0,), left)
         col_stats = _stats_buffer(2, p_rows, num_cols, (0,), left) if layout.has_columns else _dummy(left)
@@ -81,9 +84,10 @@ class TritonInfoNCELogSumExp(torch.autograd.Function):
             col_max, (col_sum,) = merge_partial_stats(col_stats[0], [col_stats[1]])
             (col_max,), ((col_sum,),) = complete_column_stats(layout, [col_max], [[col_sum]])
             col_lse = log_sum_exp(col_max, col_sum)
+        target_logits = scale * torch.dot(left.float().reshape(-1), paired.float().reshape(-1))
         ctx.save_for_backward(rows, cols, scale, row_lse, col_lse)
         ctx.layout = layout
-        return weighted_total(layout, row_lse, col_lse)
+        return weighted_total(layout, row_lse, col_lse) - (layout.row_weight + layout.col_weight) * target_logits
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -100,7 +104,12 @@ class TritonInfoNCELogSumExp(torch.autograd.Function):
             num_rows, num_cols, dim, left.stride(0), right.stride(0), float(layout.row_weight),
             float(layout.col_weight), HAS_COLS=layout.has_columns, NEED_D_ROWS=need_raw_rows, NEED_D_COLS=need_cols,
             IS_FP32=left.dtype == torch.float32, **_kernel_flags())
-        grads = finish_grads(grad_output, scale, left.float(), raw_rows if need_raw_rows else None,
+        left_fp32, target_weight = left.float(), layout.row_weight + layout.col_weight
+        if need_raw_rows:
+            raw_rows.sub_(_paired_columns(layout, right, num_rows).float(), alpha=target_weight)
+        if need_cols:
+            raw_cols[layout.col_start:layout.col_stop].sub_(left_fp32, alpha=target_weight)
+        grads = finish_grads(grad_output, 1.0, scale, left_fp32, raw_rows if need_raw_rows else None,
                              raw_cols if need_cols else None, rows, cols, need_rows, need_scale)
         return grads + (None,)
 
@@ -154,7 +163,7 @@ class TritonSimilarityKL(torch.autograd.Function):
             t_right.stride(0), float(layout.row_weight), float(layout.col_weight), HAS_COLS=layout.has_columns,
             NEED_D_ROWS=need_raw_rows, NEED_D_COLS=need_cols, S_IS_FP32=s_left.dtype == torch.float32,
             T_IS_FP32=t_left.dtype == torch.float32, **_kernel_flags())
-        grads = finish_grads(grad_output, student_mult, s_left.float(), raw_rows if need_raw_rows else None,
+        grads = finish_grads(grad_output, 1.0, student_mult, s_left.float(), raw_rows if need_raw_rows else None,
                              raw_cols if need_cols else None, student_rows, student_cols, need_rows, need_scale)
         return grads[:2] + (None, None, grads[2], None, None)
 
@@ -166,9 +175,9 @@ def _merged_kl_stats(stats: torch.Tensor):
     return max_t, sum_t, wsum_t, max_s, sum_s
 
 
-def infonce_logsumexp_triton(rows, cols, scale, layout: LossLayout):
-    """Fused Triton version of ``chunked.infonce_logsumexp_chunked``."""
-    return TritonInfoNCELogSumExp.apply(rows, cols, scale, layout)
+def infonce_triton(rows, cols, scale, layout: LossLayout):
+    """Fused Triton version of ``chunked.infonce_chunked``."""
+    return TritonInfoNCE.apply(rows, cols, scale, layout)
 
 
 def similarity_kl_triton(student_rows, student_cols, teacher_rows, teacher_cols, student_mult, teacher_mult,
