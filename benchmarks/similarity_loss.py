@@ -11,8 +11,9 @@ For every (loss, N = M, d, dtype) and implementation it prints
 * ``peak MiB``: memory the loss needed above its inputs. CUDA: ``max_memory_allocated`` minus what was
   allocated before the call. CPU: each configuration runs in a fresh subprocess (glibc told to mmap every
   allocation >= 128 KiB, so freed memory leaves the RSS); the kernel's RSS high-water mark is reset
-  (``/proc/self/clear_refs``) after the inputs exist and ``VmHWM - VmRSS`` is read after one fwd+bwd,
-  input gradients included (the same for every implementation),
+  (``/proc/self/clear_refs``) after a tiny warm-up call (one-time lazy initialisations) and after the inputs
+  exist, and ``VmHWM - VmRSS`` is read after one fwd+bwd, input gradients included (the same for every
+  implementation),
 * ``x naive``: time and memory relative to ``naive`` measured in the same run,
 * ``TFLOP/s`` and ``% peak``: useful work counted as 8 N M d FLOPs for InfoNCE (S, recomputed S, two
   gradient matmuls) and 12 N M d for the KL (teacher and student tiles twice, two gradient matmuls),
@@ -83,6 +84,7 @@ def _is_oom(err: BaseException) -> bool:
 def measure_memory(loss, impl, n, d, dtype_name, device):
     """Peak bytes one fwd+bwd needs above its inputs (see module docstring), or ``{'error': 'OOM'}``."""
     import torch
+    _step(loss, impl, _make_inputs(loss, 8, d, getattr(torch, dtype_name), device))  # one-time lazy inits
     inputs = _make_inputs(loss, n, d, getattr(torch, dtype_name), device)
     try:
         if device.startswith("cuda"):
@@ -130,8 +132,12 @@ def measure_times(loss, impls, n, d, dtype_name, device, warmup, reps):
 
 def run_child(kind, args):
     """Run ``measure_memory`` / ``measure_times`` in a fresh interpreter and return its JSON answer."""
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps([kind] + list(args))]
+    env = dict(os.environ)
+    if kind == "memory":  # freed memory must leave the RSS; timing runs keep glibc's defaults
+        env.update(MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+    import torch
+    cmd = [sys.executable, os.path.abspath(__file__), "--threads", str(torch.get_num_threads()), "--child",
+           json.dumps([kind] + list(args))]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode in (-9, 137):  # killed by the kernel's OOM killer
         return {"error": "OOM"}
@@ -190,8 +196,13 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--peak-flops", type=float, default=None,
                         help="matmul peak in FLOP/s (default: 989e12 on CUDA, measured on CPU)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's own choice); children inherit it")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     if args.child:
         kind, *child_args = json.loads(args.child)
         print(json.dumps((measure_memory if kind == "memory" else measure_times)(*child_args)))
@@ -217,7 +228,9 @@ def main(argv=None):
                     results = {}
                     for impl in impls:
                         est = NAIVE_LOGIT_MATRICES[loss] * n * n * 4
-                        if impl == "naive" and not on_cuda and est > 0.8 * _available_bytes():
+                        if impl == "triton" and not on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+                            results[impl] = {"error": "n/a (triton needs --device cuda)"}
+                        elif impl == "naive" and not on_cuda and est > 0.8 * _available_bytes():
                             results[impl] = {"error": f"OOM (est. {est / 2**30:.1f} GiB)"}
                         elif on_cuda:  # the CUDA allocator tracks its own peak: no fresh process needed
                             results[impl] = measure_memory(loss, impl, n, d, dtype_name, args.device)

@@ -69,6 +69,18 @@ def infonce_call(batch, impl, rows=slice(None), distributed=None):
     return loss.detach(), dict(images=grads[0], texts=grads[1], scale=grads[2])
 
 
+def clip_distill_call(batch, rows=slice(None)):
+    """OpenCLIP-style soft cross-entropy distillation: fused KL + teacher entropy (gathered across ranks
+    when torch.distributed is initialised; the single-process reference runs in the test process)."""
+    from openclip_distill import create_distill_loss
+    teacher_images = batch["teacher_a_self"][rows][:, :D_S].contiguous()
+    with torch.no_grad():
+        out = create_distill_loss("clip-distill", impl="chunked")(
+            batch["images"][rows], batch["texts"][rows], 14.0, teacher_images, batch["student_a"][rows], 50.0,
+            output_dict=True)
+    return {k: v.detach() for k, v in out.items()}
+
+
 def _slices(rank):
     r0 = sum(ROW_SPLIT[:rank])
     c0 = sum(COL_SPLIT[:rank])
@@ -76,7 +88,7 @@ def _slices(rank):
 
 
 def _worker(rank, port, out_dir):
-    os.environ["TRITON_INTERPRET"] = "1"  # this process only, before Triton kernels are first built
+    assert os.environ.get("TRITON_INTERPRET") == "1"  # inherited: must precede the child's first triton import
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         batch = global_batch()
@@ -87,6 +99,7 @@ def _worker(rank, port, out_dir):
             for mode, bidirectional in KL_MODES:
                 kl_cols = rows if mode == "student_a" else cols
                 results["kl", impl, mode, bidirectional] = kl_call(batch, mode, bidirectional, impl, rows, kl_cols)
+        results["clip-distill"] = clip_distill_call(batch, rows)
         # distributed=False under an initialised group: the local batch only
         results["local-only"] = infonce_call(batch, "chunked", rows, distributed=False)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -102,9 +115,19 @@ def _free_port():
 
 @pytest.fixture(scope="module")
 def rank_results():
-    with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_worker, args=(_free_port(), out_dir), nprocs=WORLD, join=True)
-        return [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(WORLD)]
+    # The children run the Triton kernels in the CPU interpreter, which Triton reads when it is first imported
+    # (torch and open_clip import it early), so the variable must be in the environment the children start with.
+    saved = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        with tempfile.TemporaryDirectory() as out_dir:
+            mp.spawn(_worker, args=(_free_port(), out_dir), nprocs=WORLD, join=True)
+            return [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(WORLD)]
+    finally:
+        if saved is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = saved
 
 
 def _check(per_rank, global_loss, global_grads, slice_of):
@@ -143,3 +166,11 @@ def test_distributed_false_uses_the_local_batch(rank_results):
         local_loss, _ = infonce_call({k: v[_slices(rank)[0]] for k, v in batch.items() if k in ("images", "texts")},
                                      "naive", distributed=False)
         torch.testing.assert_close(results["local-only"][0], local_loss, rtol=1e-5, atol=1e-6)
+
+
+def test_distributed_clip_distill_value_is_the_global_soft_cross_entropy(rank_results):
+    """mean over ranks of (fused KL + entropy of the gathered teacher batch) == one-process value."""
+    want = clip_distill_call(global_batch())
+    for key in ("contrastive_loss", "distill_loss"):
+        got = torch.stack([r["clip-distill"][key] for r in rank_results]).mean()
+        torch.testing.assert_close(got, want[key], rtol=2e-5, atol=2e-5)

@@ -503,6 +503,9 @@ def generate_demo_corpus(
             pass
     if n_paired < 1 or n_missing >= len(class_names()):
         raise ValueError("n_paired must be >= 1 and n_missing < number of classes")
+    if os.path.isdir(root) and os.listdir(root) and not os.path.exists(manifest):
+        raise ValueError(f"{root} exists and is not a demo corpus (no corpus.json); refusing to "
+                         f"overwrite it: pass an empty or new directory")
 
     t0 = time.time()
     tmp = root + ".tmp-%d" % os.getpid()

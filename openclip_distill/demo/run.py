@@ -49,6 +49,9 @@ FULL = dict(
                      vl_temperature=1.0, pvl_temperature=3.0, udist_temperature=7.0),
     baseline_lr=1e-3, baseline_wd=0.1, baseline_warmup=100,
     speed_batch=256, speed_iters=10,
+    # precomputed teacher embeddings (python -m openclip_distill.cache): K stored augmentations per
+    # image, so training runs no teacher forward; 0 = live teacher
+    cache_augmentations=2,
 )
 # quick=True: a few steps of every phase (the test suite).
 QUICK = dict(
@@ -61,6 +64,7 @@ QUICK = dict(
     loss_kwargs=FULL["loss_kwargs"],
     baseline_lr=1e-3, baseline_wd=0.1, baseline_warmup=2,
     speed_batch=64, speed_iters=2,
+    cache_augmentations=1,
     teacher=dict(epochs=1, batch_size=64, warmup=2),  # only if the asset is missing
 )
 
@@ -69,8 +73,26 @@ def _kwargs_flags(d: Dict[str, float]):
     return [f"{k}={v}" for k, v in d.items()]
 
 
-def student_argv(corpus, teacher_path: str, cfg: dict, logs: str, workers: int, seed: int) -> list:
+def cache_argv(corpus, teacher_path: str, cfg: dict, out: str, workers: int, seed: int) -> list:
+    """Flags of the teacher-embedding cache build (``python -m openclip_distill.cache``)."""
+    return [
+        "--distill-teacher", TEACHER_MODEL,
+        "--distill-teacher-pretrained", teacher_path,
+        "--train-images", str(corpus["images"]),
+        "--train-texts", str(corpus["texts"]),
+        "--out", out,
+        "--cache-augmentations", str(cfg["cache_augmentations"]),
+        "--batch-size", "512",
+        "--workers", str(workers),
+        "--seed", str(seed),
+    ] + ([] if torch.cuda.is_available() else ["--device", "cpu"])
+
+
+def student_argv(corpus, teacher_path: str, cfg: dict, logs: str, workers: int, seed: int,
+                 teacher_cache: Optional[str] = None) -> list:
     """Flags of the DIME-FM distillation run (``openclip_distill.main.main``)."""
+    data = (["--teacher-cache", teacher_cache] if teacher_cache else
+            ["--train-images", str(corpus["images"]), "--train-texts", str(corpus["texts"])])
     return [
         "--model", STUDENT_MODEL,
         "--distill-teacher", TEACHER_MODEL,
@@ -78,8 +100,7 @@ def student_argv(corpus, teacher_path: str, cfg: dict, logs: str, workers: int, 
         "--distill-loss", "dime-fm",
         "--distill-loss-kwargs", *_kwargs_flags(cfg["loss_kwargs"]),
         "--student-text-tower", "teacher",
-        "--train-images", str(corpus["images"]),
-        "--train-texts", str(corpus["texts"]),
+        *data,
         "--batch-size", str(cfg["batch_size"]),
         "--text-batch-size", str(cfg["batch_size"]),
         "--train-num-samples", str(cfg["train_num_samples"]),
@@ -227,7 +248,21 @@ def run_demo(logs: str = "./logs", name: Optional[str] = None, workers: int = 1,
     from ..main import main as distill_main
 
     t0 = time.time()
-    argv = student_argv(corpus, teacher_path, cfg, run_dir, workers, seed)
+    teacher_cache = None
+    if cfg.get("cache_augmentations"):
+        from ..cache.build import main as cache_main
+
+        teacher_cache = os.path.join(run_dir, "teacher_cache")
+        argv = cache_argv(corpus, teacher_path, cfg, teacher_cache, workers, seed)
+        log.info("[demo 3/5] teacher-embedding cache (%d views per image): python -m "
+                 "openclip_distill.cache %s", cfg["cache_augmentations"], " ".join(argv))
+        with preserve_logging():
+            rc = cache_main(argv)
+        if rc != 0:
+            raise RuntimeError(f"building the teacher cache failed (exit {rc})")
+        timings["cache_s"] = time.time() - t0
+        log.info("[demo 3/5] teacher cache built in %.1f s", timings["cache_s"])
+    argv = student_argv(corpus, teacher_path, cfg, run_dir, workers, seed, teacher_cache)
     steps = cfg["epochs"] * -(-cfg["train_num_samples"] // cfg["batch_size"])
     log.info("[demo 3/5] student: DIME-FM distillation of %s from %s, ~%d steps of %d images + %d "
              "sentences", STUDENT_MODEL, TEACHER_MODEL, steps, cfg["batch_size"], cfg["batch_size"])

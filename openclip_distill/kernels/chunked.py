@@ -43,6 +43,11 @@ def _tile_buffers(count: int, like: torch.Tensor, chunk_rows: int, num_cols: int
     return [like.new_empty(rows, num_cols) for _ in range(count)]
 
 
+def _scaled_rows(rows: torch.Tensor, scale: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
+    """``scale * rows`` into a reused (chunk_rows x d) buffer."""
+    return torch.mul(rows, scale, out=buffer[: rows.shape[0]])
+
+
 def _exp_(t: torch.Tensor) -> torch.Tensor:
     """In place ``exp(max(t, EXP_FLOOR))`` (see module docstring)."""
     return t.clamp_min_(EXP_FLOOR).exp_()
@@ -62,19 +67,13 @@ def _tile_weights(layout: LossLayout):
     return layout.row_weight, 1.0
 
 
-def _paired_columns(layout: LossLayout, right: torch.Tensor, num_rows: int) -> torch.Tensor:
-    """Columns paired with the local rows (InfoNCE targets): ``right[col_start + i]`` for row i."""
-    if layout.col_stop - layout.col_start != num_rows:
-        raise ValueError(f"InfoNCE pairs local rows with owned columns, got {num_rows} rows and "
-                         f"{layout.col_stop - layout.col_start} owned columns")
-    return right[layout.col_start:layout.col_stop]
-
-
 class ChunkedInfoNCE(torch.autograd.Function):
     """Symmetric InfoNCE on a local block (CLIP, Radford et al. 2021), ``S = s * rows cols^T``:
 
-        f = row_weight * sum_i (lse_j S_ij - S_{i,t(i)}) + col_weight * sum_{owned j} (lse_i S_ij - S_{t^-1(j),j})
-        dL/dS_ij = row_weight * softmax_j(S_i.)_j + col_weight * softmax_i(S_.j)_i - (row_weight + col_weight) [j = t(i)]
+        f = row_weight * sum_i (lse_j S_ij - S_{i,t(i)})
+            + col_weight * sum_{owned j} (lse_i S_ij - S_{t^-1(j),j})
+        dL/dS_ij = row_weight * softmax_j(S_i.)_j + col_weight * softmax_i(S_.j)_i
+                   - (row_weight + col_weight) [j = t(i)]
 
     with target ``t(i) = col_start + i``. One process: weights ``1/(2N)``, i.e. OpenCLIP ``ClipLoss``.
     """
@@ -83,14 +82,15 @@ class ChunkedInfoNCE(torch.autograd.Function):
     def forward(ctx, rows, cols, scale, layout: LossLayout, chunk_rows: int):
         left, right = _fp32(rows), _fp32(cols)
         num_cols = right.shape[0]
-        paired = _paired_columns(layout, right, left.shape[0])
+        paired = layout.paired_columns(right, left.shape[0])
         logits, work = _tile_buffers(2, left, chunk_rows, num_cols)
+        (scaled,) = _tile_buffers(1, left, chunk_rows, left.shape[1])
         row_lse = left.new_empty(left.shape[0])
         col_max = left.new_full((num_cols,), float("-inf"))
         col_sum = left.new_zeros(num_cols)
         for start, stop in _chunks(left.shape[0], chunk_rows):
             tile, exps = logits[: stop - start], work[: stop - start]
-            torch.mm(left[start:stop] * scale, right.T, out=tile)
+            torch.mm(_scaled_rows(left[start:stop], scale, scaled), right.T, out=tile)
             row_max = tile.amax(1)
             row_lse[start:stop] = log_sum_exp(row_max, _shifted_exp(tile, row_max[:, None], exps).sum(1))
             if layout.has_columns:
@@ -114,12 +114,13 @@ class ChunkedInfoNCE(torch.autograd.Function):
         need_rows, need_cols, need_scale = ctx.needs_input_grad[:3]
         left, right = _fp32(rows), _fp32(cols)
         logits, grad_tile = _tile_buffers(2, left, chunk_rows, right.shape[0])
+        (scaled,) = _tile_buffers(1, left, chunk_rows, left.shape[1])
         d_left = left.new_empty(left.shape) if (need_rows or need_scale) else None
         d_right = torch.zeros_like(right) if need_cols else None
         weight, row_ratio = _tile_weights(layout)
         for start, stop in _chunks(left.shape[0], chunk_rows):
             tile, grad = logits[: stop - start], grad_tile[: stop - start]
-            torch.mm(left[start:stop] * scale, right.T, out=tile)
+            torch.mm(_scaled_rows(left[start:stop], scale, scaled), right.T, out=tile)
             _shifted_exp(tile, row_lse[start:stop, None], grad)                      # P
             if layout.has_columns:
                 torch.add(_exp_(tile.sub_(col_lse)), grad, alpha=row_ratio, out=grad)  # Q + ratio * P
@@ -130,7 +131,7 @@ class ChunkedInfoNCE(torch.autograd.Function):
         # target logits: -(row_weight + col_weight) on each (i, t(i)), linear in the features
         target_weight = (layout.row_weight + layout.col_weight) / weight
         if d_left is not None:
-            d_left.sub_(_paired_columns(layout, right, left.shape[0]), alpha=target_weight)
+            d_left.sub_(layout.paired_columns(right, left.shape[0]), alpha=target_weight)
         if d_right is not None:
             d_right[layout.col_start:layout.col_stop].sub_(left, alpha=target_weight)
         return finish_grads(grad_output, weight, scale, left, d_left, d_right, rows, cols, need_rows,
@@ -153,6 +154,8 @@ class ChunkedSimilarityKL(torch.autograd.Function):
         s_left, s_right, t_left, t_right = _fp32_views(student_rows, student_cols, teacher_rows, teacher_cols)
         num_rows, num_cols = s_left.shape[0], s_right.shape[0]
         teacher, student, diff, work = _tile_buffers(4, s_left, chunk_rows, num_cols)
+        s_scaled, t_scaled = _tile_buffers(1, s_left, chunk_rows, s_left.shape[1]) + _tile_buffers(
+            1, t_left, chunk_rows, t_left.shape[1])
         row_kl = s_left.new_empty(num_rows)
         row_lse_t, row_lse_s = s_left.new_empty(num_rows), s_left.new_empty(num_rows)
         col_max_t = s_left.new_full((num_cols,), float("-inf"))
@@ -160,8 +163,8 @@ class ChunkedSimilarityKL(torch.autograd.Function):
         col_sum_t, col_wsum_t, col_sum_s = (s_left.new_zeros(num_cols) for _ in range(3))
         for start, stop in _chunks(num_rows, chunk_rows):
             a, b, d, e = (buf[: stop - start] for buf in (teacher, student, diff, work))
-            torch.mm(t_left[start:stop] * teacher_mult, t_right.T, out=a)
-            torch.mm(s_left[start:stop] * student_mult, s_right.T, out=b)
+            torch.mm(_scaled_rows(t_left[start:stop], teacher_mult, t_scaled), t_right.T, out=a)
+            torch.mm(_scaled_rows(s_left[start:stop], student_mult, s_scaled), s_right.T, out=b)
             torch.sub(a, b, out=d)
             max_t, max_s = a.amax(1), b.amax(1)
             sum_t = _shifted_exp(a, max_t[:, None], e).sum(1)
@@ -197,13 +200,15 @@ class ChunkedSimilarityKL(torch.autograd.Function):
         need_scale = ctx.needs_input_grad[4]
         s_left, s_right, t_left, t_right = _fp32_views(student_rows, student_cols, teacher_rows, teacher_cols)
         teacher, student, grad_tile, work = _tile_buffers(4, s_left, chunk_rows, s_right.shape[0])
+        s_scaled, t_scaled = _tile_buffers(1, s_left, chunk_rows, s_left.shape[1]) + _tile_buffers(
+            1, t_left, chunk_rows, t_left.shape[1])
         d_left = s_left.new_empty(s_left.shape) if (need_rows or need_scale) else None
         d_right = torch.zeros_like(s_right) if need_cols else None
         weight, row_ratio = _tile_weights(layout)
         for start, stop in _chunks(s_left.shape[0], chunk_rows):
             a, b, g, e = (buf[: stop - start] for buf in (teacher, student, grad_tile, work))
-            torch.mm(t_left[start:stop] * teacher_mult, t_right.T, out=a)
-            torch.mm(s_left[start:stop] * student_mult, s_right.T, out=b)
+            torch.mm(_scaled_rows(t_left[start:stop], teacher_mult, t_scaled), t_right.T, out=a)
+            torch.mm(_scaled_rows(s_left[start:stop], student_mult, s_scaled), s_right.T, out=b)
             _shifted_exp(b, row_lse_s[start:stop, None], g)                    # q  (row softmax of B)
             g.sub_(_shifted_exp(a, row_lse_t[start:stop, None], e))            # q - p
             if layout.has_columns:

@@ -49,12 +49,13 @@ def resolve_world(distributed: Optional[bool]) -> Optional[World]:
     return World(size=dist.get_world_size(), rank=dist.get_rank())
 
 
-def gather_sizes(world: World, count: int, device) -> list:
-    """Row counts of every rank (ranks may differ, e.g. a last partial batch)."""
-    local = torch.tensor([count], device=device, dtype=torch.int64)
+def gather_sizes(world: World, counts, device) -> list:
+    """Per-rank row counts (ranks may differ, e.g. a last partial batch), one list per entry of ``counts``."""
+    local = torch.tensor(list(counts), device=device, dtype=torch.int64)
     sizes = [torch.empty_like(local) for _ in range(world.size)]
     dist.all_gather(sizes, local)
-    return [int(s.item()) for s in sizes]
+    table = torch.stack(sizes).cpu().tolist()
+    return [[row[k] for row in table] for k in range(len(counts))]
 
 
 def _all_gather_rows(tensor: torch.Tensor, sizes: list) -> torch.Tensor:

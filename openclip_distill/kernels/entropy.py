@@ -7,6 +7,8 @@ Memory is O(tile * M) instead of O(N * M).
 """
 import torch
 
+from .distributed import gather_rows, gather_sizes, resolve_world
+
 
 def _entropy_rows(a, b, scale, temperature, tile):
     total = a.new_zeros((), dtype=torch.float32)
@@ -20,8 +22,17 @@ def _entropy_rows(a, b, scale, temperature, tile):
 
 @torch.no_grad()
 def similarity_entropy(teacher_a, teacher_b, teacher_scale, *, temperature=1.0, bidirectional=True,
-                       tile=2048):
-    """Mean row entropy of softmax(scale * a b^T / tau) (+ mean column entropy when bidirectional)."""
+                       tile=2048, distributed=None):
+    """Mean row entropy of softmax(scale * a b^T / tau) (+ mean column entropy when bidirectional).
+
+    Under torch.distributed (``distributed`` as in ``similarity_kl_loss``) both sides are gathered
+    first, so every rank returns the entropy of the global batch: added to the fused KL, whose mean
+    over ranks is the global KL, it gives the global soft cross-entropy.
+    """
+    world = resolve_world(distributed)
+    if world is not None:
+        sizes_a, sizes_b = gather_sizes(world, [teacher_a.shape[0], teacher_b.shape[0]], teacher_a.device)
+        teacher_a, teacher_b = gather_rows(world, teacher_a, sizes_a), gather_rows(world, teacher_b, sizes_b)
     scale = float(teacher_scale.detach().float().reshape(-1)[0]) if torch.is_tensor(teacher_scale) \
         else float(teacher_scale)
     ent = _entropy_rows(teacher_a, teacher_b, scale, temperature, tile)

@@ -118,8 +118,7 @@ def _columns_and_layout(world: World, rows: torch.Tensor, columns, weights):
         row_weight, col_weight = weights(rows.shape[0], num_cols)
         layout = LossLayout.local(num_cols, row_weight=row_weight, col_weight=col_weight)
     else:
-        row_sizes = gather_sizes(world, rows.shape[0], rows.device)
-        col_sizes = gather_sizes(world, num_cols, rows.device)
+        row_sizes, col_sizes = gather_sizes(world, [rows.shape[0], num_cols], rows.device)
         row_weight, col_weight = weights(sum(row_sizes), sum(col_sizes))
         layout = distributed_layout(world, row_sizes, col_sizes, row_weight_global=row_weight,
                                     col_weight_global=col_weight)

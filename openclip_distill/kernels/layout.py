@@ -29,6 +29,13 @@ class LossLayout:
     def has_columns(self) -> bool:
         return self.col_weight != 0.0
 
+    def paired_columns(self, cols, num_rows: int):
+        """Columns paired with the local rows (InfoNCE targets): ``cols[col_start + i]`` for local row i."""
+        if self.col_stop - self.col_start != num_rows:
+            raise ValueError(f"InfoNCE pairs local rows with owned columns, got {num_rows} rows and "
+                             f"{self.col_stop - self.col_start} owned columns")
+        return cols[self.col_start:self.col_stop]
+
     @staticmethod
     def local(num_cols: int, *, row_weight: float, col_weight: float) -> "LossLayout":
         """Single-process layout: every column is owned, no cross-process reduction."""

@@ -21,7 +21,7 @@ def _kl_rows_sum(teacher_logits, student_logits):
 
 def contrastive_loss_naive_distributed(world: World, image_features, text_features, logit_scale):
     """Rank r: ``W/(2N) * (sum_{local i} CE(S_i., i) + sum_{local j} CE(S_.j, j))`` on gathered features."""
-    sizes = gather_sizes(world, image_features.shape[0], image_features.device)
+    (sizes,) = gather_sizes(world, [image_features.shape[0]], image_features.device)
     gather = GatherCache(world, sizes)
     all_images, all_texts = gather(image_features).float(), gather(text_features).float()
     s = _scale(logit_scale, image_features)
@@ -36,8 +36,7 @@ def contrastive_loss_naive_distributed(world: World, image_features, text_featur
 def similarity_kl_loss_naive_distributed(world: World, student_a, student_b, teacher_a, teacher_b, *, student_scale,
                                          teacher_scale, temperature=1.0, bidirectional=True):
     """Rank r: ``W/N * sum_{local rows} KL_row + W/M * sum_{local cols} KL_col`` on gathered features."""
-    row_sizes = gather_sizes(world, student_a.shape[0], student_a.device)
-    col_sizes = gather_sizes(world, student_b.shape[0], student_b.device)
+    row_sizes, col_sizes = gather_sizes(world, [student_a.shape[0], student_b.shape[0]], student_a.device)
     s = _scale(student_scale, student_a) / temperature
     with torch.no_grad():
         t = _scale(teacher_scale, teacher_a) / temperature

@@ -13,7 +13,6 @@ import torch
 from .layout import LossLayout
 from .loss_from_stats import complete_column_stats, kl_from_stats, weighted_total
 from .online_softmax import log_sum_exp, merge_partial_stats
-from .chunked import _paired_columns
 from .raw_grads import finish_grads
 from .triton_autotune import (fp32_dot_precision, grid_split, infonce_forward_configs, kl_forward_configs,
                               largest_grid_split)
@@ -69,7 +68,7 @@ class TritonInfoNCE(torch.autograd.Function):
     def forward(ctx, rows, cols, scale, layout: LossLayout):
         left, right = _operand_pair(rows, cols)
         (num_rows, dim), num_cols = left.shape, right.shape[0]
-        paired = _paired_columns(layout, right, num_rows)
+        paired = layout.paired_columns(right, num_rows)
         p_rows, p_cols = largest_grid_split(num_rows, num_cols, infonce_forward_configs(), left.device)
         row_stats = _stats_buffer(2, p_cols, num_rows, (0,), left)
         col_stats = _stats_buffer(2, p_rows, num_cols, (0,), left) if layout.has_columns else _dummy(left)
@@ -106,7 +105,7 @@ class TritonInfoNCE(torch.autograd.Function):
             IS_FP32=left.dtype == torch.float32, **_kernel_flags())
         left_fp32, target_weight = left.float(), layout.row_weight + layout.col_weight
         if need_raw_rows:
-            raw_rows.sub_(_paired_columns(layout, right, num_rows).float(), alpha=target_weight)
+            raw_rows.sub_(layout.paired_columns(right, num_rows).float(), alpha=target_weight)
         if need_cols:
             raw_cols[layout.col_start:layout.col_stop].sub_(left_fp32, alpha=target_weight)
         grads = finish_grads(grad_output, 1.0, scale, left_fp32, raw_rows if need_raw_rows else None,

@@ -1,7 +1,9 @@
 """Whether the Triton implementation can run here (Triton is an optional dependency).
 
 ``impl="triton"`` needs an importable ``triton`` and either CUDA tensors or ``TRITON_INTERPRET=1`` set
-before Triton is first imported (the interpreter runs the same kernels on CPU tensors, slowly).
+before Triton is first imported (the interpreter runs the same kernels on CPU tensors, slowly). Note that
+``import torch``/``open_clip`` may already import Triton, so set the variable in the environment the
+process starts with, not from Python later.
 """
 import functools
 import os
