@@ -127,20 +127,29 @@ def test_corrupt_image_is_skipped_and_counted(tiny_corpus, tmp_path):
     assert "corrupt_image=1" in log
 
 
-@register_loss("test-nan-after-6")
-class NanAfterSixSteps(torch.nn.Module):
-    requires_paired_data = False
+def register_faulty_mse(name, bad_calls, factor):
+    """A registered MSE loss that multiplies its value by ``factor`` (nan/inf) on the given calls."""
 
-    def __init__(self, impl="auto"):
-        super().__init__()
-        self.calls = 0
+    @register_loss(name)
+    class FaultyMSE(torch.nn.Module):
+        requires_paired_data = False
 
-    def forward(self, image_features, dist_image_features, output_dict=False):
-        self.calls += 1
-        loss = ((image_features - dist_image_features) ** 2).mean()
-        if self.calls > 6:
-            loss = loss * float("nan")
-        return {"mse": loss} if output_dict else loss
+        def __init__(self, impl="auto"):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, image_features, dist_image_features, output_dict=False):
+            self.calls += 1
+            loss = ((image_features - dist_image_features) ** 2).mean()
+            if bad_calls(self.calls):
+                loss = loss * factor
+            return {"mse": loss} if output_dict else loss
+
+    return FaultyMSE
+
+
+register_faulty_mse("test-nan-after-6", lambda call: call > 6, float("nan"))
+register_faulty_mse("test-one-inf", lambda call: call == 3, float("inf"))
 
 
 def test_nonfinite_losses_stop_the_run_and_keep_the_last_checkpoint(tiny_corpus, tmp_path, capsys):
@@ -157,20 +166,7 @@ def test_nonfinite_losses_stop_the_run_and_keep_the_last_checkpoint(tiny_corpus,
 
 
 def test_a_single_nonfinite_step_is_skipped(tiny_corpus, tmp_path):
-    @register_loss("test-one-nan")
-    class OneNan(torch.nn.Module):
-        requires_paired_data = False
-
-        def __init__(self, impl="auto"):
-            super().__init__()
-            self.calls = 0
-
-        def forward(self, image_features, dist_image_features, output_dict=False):
-            self.calls += 1
-            loss = ((image_features - dist_image_features) ** 2).mean()
-            return {"mse": loss * float("inf") if self.calls == 3 else loss}
-
-    args = base_args(tiny_corpus, tmp_path, "onenan", "--distill-loss", "test-one-nan", "--epochs", "1")
+    args = base_args(tiny_corpus, tmp_path, "onenan", "--distill-loss", "test-one-inf", "--epochs", "1")
     assert distill_main.main(args) == 0
     steps = [r["step"] for r in read_losses(tmp_path / "onenan" / "losses.jsonl")]
     assert steps == [0, 1, 3, 4, 5]

@@ -13,13 +13,14 @@ import logging
 from typing import Iterator, Optional
 
 from ..data.counters import SkipCounters
+from ..data.unpaired import UnpairedLoader
 from ..errors import DistillUsageError
 from .image_replay import get_cached_image_dataset
 from .layout import FLAG, load_manifest
 from .text_replay import get_cached_text_stream
 
 
-class CachedUnpairedLoader:
+class CachedUnpairedLoader(UnpairedLoader):
     """Iterate cached image batches, each with the next cached sentence batch (images define the epoch).
 
     Quacks like ``UnpairedLoader`` (and OpenCLIP's ``DataInfo``/dataloader): ``len()``,
@@ -27,31 +28,9 @@ class CachedUnpairedLoader:
     ``counters``; plus ``manifest``, ``cache_dir``, ``logit_scale``, ``logit_bias``.
     """
 
-    sampler = None
-
     def __init__(self, image_data, text_stream, manifest: dict, cache_dir: str):
-        self.image_data, self.text_stream = image_data, text_stream
+        super().__init__(image_data, text_stream)
         self.manifest, self.cache_dir = manifest, cache_dir
-
-    @property
-    def dataloader(self) -> "CachedUnpairedLoader":
-        return self
-
-    @property
-    def shared_epoch(self):
-        return self.image_data.shared_epoch
-
-    @property
-    def num_batches(self) -> int:
-        return self.image_data.dataloader.num_batches
-
-    @property
-    def num_samples(self) -> int:
-        return self.image_data.dataloader.num_samples
-
-    @property
-    def counters(self) -> Optional[SkipCounters]:
-        return getattr(self.image_data.dataloader, "counters", None)
 
     @property
     def logit_scale(self) -> float:
@@ -61,13 +40,6 @@ class CachedUnpairedLoader:
     def logit_bias(self) -> Optional[float]:
         bias = self.manifest.get("logit_bias")
         return None if bias is None else float(bias)
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def set_epoch(self, epoch: int) -> None:
-        self.image_data.set_epoch(epoch)
-        self.text_stream.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[dict]:
         texts = iter(self.text_stream)
