@@ -92,33 +92,41 @@ def cache_argv(corpus, teacher_path: str, cfg: dict, out: str, workers: int, see
     ] + ([] if torch.cuda.is_available() else ["--device", "cpu"])
 
 
-def student_argv(corpus, teacher_path: str, cfg: dict, logs: str, workers: int, seed: int,
-                 teacher_cache: Optional[str] = None) -> list:
-    """Flags of the DIME-FM distillation run (``openclip_distill.main.main``)."""
-    data = (["--teacher-cache", teacher_cache] if teacher_cache else
-            ["--train-images", str(corpus["images"]), "--train-texts", str(corpus["texts"])])
+def _schedule_flags(cfg: dict, who: str, workers: int, seed: int) -> list:
+    """OpenCLIP trainer flags shared by the student and the baseline run: model, batch size,
+    steps, ``<who>_lr``/``_wd``/``_warmup`` of ``cfg``, one checkpoint at the end, CPU if no GPU."""
     return [
         "--model", STUDENT_MODEL,
-        "--distill-teacher", TEACHER_MODEL,
-        "--distill-teacher-pretrained", teacher_path,
-        "--distill-loss", "dime-fm",
-        "--distill-loss-kwargs", *_kwargs_flags(cfg["loss_kwargs"]),
-        "--student-text-tower", "teacher",
-        *data,
         "--batch-size", str(cfg["batch_size"]),
-        "--text-batch-size", str(cfg["batch_size"]),
         "--train-num-samples", str(cfg["train_num_samples"]),
         "--epochs", str(cfg["epochs"]),
-        "--lr", str(cfg["student_lr"]), "--wd", str(cfg["student_wd"]),
-        "--warmup", str(cfg["student_warmup"]),
+        "--lr", str(cfg[f"{who}_lr"]), "--wd", str(cfg[f"{who}_wd"]),
+        "--warmup", str(cfg[f"{who}_warmup"]),
         "--precision", "fp32",
         "--workers", str(workers),
         "--seed", str(seed),
         "--save-frequency", str(cfg["epochs"]),
         "--log-every-n-steps", "20",
         "--report-to", "",
-        "--logs", logs, "--name", "student",
     ] + ([] if torch.cuda.is_available() else ["--device", "cpu"])
+
+
+def student_argv(corpus, teacher_path: str, cfg: dict, logs: str, workers: int, seed: int,
+                 teacher_cache: Optional[str] = None) -> list:
+    """Flags of the DIME-FM distillation run (``openclip_distill.main.main``)."""
+    data = (["--teacher-cache", teacher_cache] if teacher_cache else
+            ["--train-images", str(corpus["images"]), "--train-texts", str(corpus["texts"])])
+    return [
+        "--distill-teacher", TEACHER_MODEL,
+        "--distill-teacher-pretrained", teacher_path,
+        "--distill-loss", "dime-fm",
+        "--distill-loss-kwargs", *_kwargs_flags(cfg["loss_kwargs"]),
+        "--student-text-tower", "teacher",
+        *data,
+        "--text-batch-size", str(cfg["batch_size"]),
+        *_schedule_flags(cfg, "student", workers, seed),
+        "--logs", logs, "--name", "student",
+    ]
 
 
 def baseline_argv(corpus, cfg: dict, workers: int, seed: int) -> list:
@@ -128,19 +136,8 @@ def baseline_argv(corpus, cfg: dict, workers: int, seed: int) -> list:
         "--train-data", str(corpus["paired"]),
         "--dataset-type", "webdataset",
         "--dataset-resampled",
-        "--train-num-samples", str(cfg["train_num_samples"]),
-        "--model", STUDENT_MODEL,
-        "--batch-size", str(cfg["batch_size"]),
-        "--epochs", str(cfg["epochs"]),
-        "--lr", str(cfg["baseline_lr"]), "--wd", str(cfg["baseline_wd"]),
-        "--warmup", str(cfg["baseline_warmup"]),
-        "--precision", "fp32",
-        "--workers", str(workers),
-        "--seed", str(seed),
-        "--save-frequency", str(cfg["epochs"]),
-        "--log-every-n-steps", "20",
-        "--report-to", "",
-    ] + ([] if torch.cuda.is_available() else ["--device", "cpu"])
+        *_schedule_flags(cfg, "baseline", workers, seed),
+    ]
 
 
 def _last_checkpoint(run_dir: str) -> str:
