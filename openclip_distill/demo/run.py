@@ -1,7 +1,7 @@
 """The embedded offline demo: teacher vs DIME-FM student vs paired-data baseline, on a CPU.
 
 ``python -m openclip_distill.main --demo [--logs DIR] [--name NAME] [--workers N] [--seed S]``
-(or ``run_demo()``) runs, in about 7.5 minutes on 2 CPU cores (measured: 444 s), offline:
+(or ``run_demo()``) runs, in about 7.5 minutes on 2 CPU cores (measured: 453 s), offline:
 
 1. **corpus** - ``generate_demo_corpus`` (cached under ``<logs>/demo_cache``), see
    :mod:`openclip_distill.demo.corpus`;
