@@ -16,7 +16,6 @@ with a join in the middle::
 """
 import io
 import json
-import math
 import os
 import re
 import tarfile
@@ -28,19 +27,15 @@ import webdataset as wds
 from PIL import Image
 from open_clip_train.data import (
     DataInfo,
-    ResampledShards2,
     SharedEpoch,
     _SAMPLE_SHUFFLE_INITIAL,
     _SAMPLE_SHUFFLE_SIZE,
-    _SHARD_SHUFFLE_INITIAL,
-    _SHARD_SHUFFLE_SIZE,
-    detshuffle2,
     tarfile_to_samples_nothrow,
 )
 
 from ..data.counters import SkipCounters
-from ..data.image_shards import (IMAGE_KEYS, _CountShardErrors, _EpochPipeline, _SampleShuffle, _SplitByRank,
-                                 _SplitByWorker, _WebLoader, _WorkerShardSeed)
+from ..data.image_shards import (IMAGE_KEYS, _check_args, _CountShardErrors, _EpochPipeline, _SampleShuffle,
+                                 epoch_loader, train_shard_stages)
 from ..data.shard_paths import is_remote
 from ..data.views import apply_view
 from ..errors import DistillUsageError
@@ -145,12 +140,7 @@ def get_cached_image_dataset(directory: str, manifest: dict, *, batch_size: int,
                              counters: Optional[SkipCounters] = None) -> DataInfo:
     """Batches ``{"image": [B, 3, S, S] in [0, 1], "view": LongTensor[B, 5], "key": list[str],
     "dist_image_features": [B, D] float32}``; OpenCLIP ``DataInfo`` like ``get_image_dataset``."""
-    if int(batch_size) <= 0:
-        raise DistillUsageError(f"--batch-size must be positive, got {batch_size}")
-    if int(workers) < 0:
-        raise DistillUsageError(f"--workers must be >= 0, got {workers}")
-    if int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
-        raise DistillUsageError(f"{FLAG}: invalid rank {rank} for world size {world_size}")
+    _check_args(batch_size, view_size, workers, world_size, rank, FLAG)
     batch_size, workers, world_size, rank, seed = int(batch_size), int(workers), int(world_size), int(rank), int(seed)
     shards = [s for s in manifest["image_shards"] if int(s["num_samples"]) > 0]
     missing = [s["source"] for s in shards if not is_remote(s["source"]) and not os.path.isfile(s["source"])]
@@ -167,18 +157,10 @@ def get_cached_image_dataset(directory: str, manifest: dict, *, batch_size: int,
     num_samples = int(num_samples) if num_samples is not None else sum(int(s["num_samples"]) for s in shards)
 
     shared_epoch = SharedEpoch(epoch=int(epoch))
-    if resampled:
-        head = [ResampledShards2(urls, deterministic=True, worker_seed=_WorkerShardSeed(seed, rank), epoch=shared_epoch)]
-    else:
-        needed = max(1, workers) * world_size
-        if len(urls) < needed:
-            raise DistillUsageError(
-                f"{FLAG}: the cache holds {len(urls)} image shard(s) for {max(1, workers)} worker(s) x {world_size} "
-                f"rank(s); every DataLoader worker needs at least one shard: use fewer --workers or "
-                f"--dataset-resampled")
-        head = [wds.SimpleShardList(urls),
-                detshuffle2(bufsize=_SHARD_SHUFFLE_SIZE, initial=_SHARD_SHUFFLE_INITIAL, seed=seed, epoch=shared_epoch),
-                _SplitByRank(rank, world_size), _SplitByWorker()]
+    head = train_shard_stages(urls, resampled=resampled, seed=seed, rank=rank, world_size=world_size,
+                              workers=workers, shared_epoch=shared_epoch, flag=FLAG,
+                              shards_desc=f"the cache holds {len(urls)} image shard(s)",
+                              fix="use fewer --workers or --dataset-resampled")
     stages = head + [
         _JoinCache(cache_paths, stems, counters, _CountShardErrors(counters)),
         _SampleShuffle(_SAMPLE_SHUFFLE_SIZE, _SAMPLE_SHUFFLE_INITIAL, seed, shared_epoch, rank),
@@ -188,20 +170,5 @@ def get_cached_image_dataset(directory: str, manifest: dict, *, batch_size: int,
     dataset = _EpochPipeline(*stages)
     dataset.flag, dataset.batch_size = FLAG, batch_size
 
-    # as OpenCLIP and the live loader: every worker yields the same number of full batches
-    global_batch_size = batch_size * world_size
-    num_batches = math.ceil(num_samples / global_batch_size)
-    num_workers = max(1, workers)
-    num_worker_batches = math.ceil(num_batches / num_workers)
-    num_batches = num_worker_batches * num_workers
-    num_samples = num_batches * global_batch_size
-    dataset = dataset.with_epoch(num_worker_batches)
-
-    dataloader = _WebLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                            persistent_workers=workers > 0)
-    dataloader.num_batches = num_batches
-    dataloader.num_samples = num_samples
-    dataloader.counters = counters
-    dataloader.shards = urls
-    return DataInfo(dataloader=dataloader, shared_epoch=shared_epoch)
-
+    return epoch_loader(dataset, batch_size=batch_size, num_samples=num_samples, workers=workers,
+                        world_size=world_size, counters=counters, urls=urls, shared_epoch=shared_epoch)

@@ -14,12 +14,11 @@ from typing import Iterator, List, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import IterableDataset
 
 from ..data.seeding import derive_seed, worker_id_and_count
 from ..data.shuffle_buffer import buffer_shuffle
-from ..data.text_corpus import INTERLEAVE, SMALL_CORPUS, _interleave
-from ..data.worker_errors import unwrap_worker_errors
+from ..data.text_corpus import INTERLEAVE, SMALL_CORPUS, TextStream, _interleave
 from ..errors import DistillUsageError
 from .layout import FLAG
 
@@ -91,25 +90,9 @@ class CachedSentenceStream(IterableDataset):
                 texts, embs = [], []
 
 
-class CachedTextStream:
-    """Endless iterable of ``{"text", "emb"}`` batches; ``set_epoch(e)`` re-seeds (cf. ``TextStream``)."""
-
-    def __init__(self, dataset: CachedSentenceStream, workers: int):
-        self.dataset, self.workers = dataset, workers
-        self.batch_size = dataset.batch_size
-
-    @property
-    def epoch(self) -> int:
-        return self.dataset.epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.dataset.epoch = int(epoch)
-
-    def __iter__(self):
-        if self.workers <= 0:
-            return iter(self.dataset)
-        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.workers, persistent_workers=False)
-        return unwrap_worker_errors(loader)
+class CachedTextStream(TextStream):
+    """Endless iterable of ``{"text", "emb"}`` batches; ``set_epoch(e)`` re-seeds, and iteration (in
+    process or through a DataLoader) works as in :class:`~openclip_distill.data.text_corpus.TextStream`."""
 
 
 def get_cached_text_stream(directory: str, manifest: dict, *, batch_size: int, seed: int = 0, world_size: int = 1,

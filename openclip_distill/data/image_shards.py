@@ -236,23 +236,8 @@ def _build(shards, *, batch_size, view_size, num_samples, workers, seed, epoch, 
     to_samples = functools.partial(tarfile_to_samples_nothrow, handler=handler)
 
     if train:
-        if resampled:
-            stages = [ResampledShards2(urls, deterministic=True, worker_seed=_WorkerShardSeed(seed, rank),
-                                       epoch=shared_epoch)]
-        else:
-            needed = max(1, workers) * world_size
-            if len(urls) < needed:
-                raise DistillUsageError(
-                    f"{flag}: {len(urls)} shard(s) for {max(1, workers)} worker(s) x {world_size} rank(s); every "
-                    f"DataLoader worker needs at least one shard: use more shards, fewer --workers, or "
-                    f"--dataset-resampled")
-            stages = [
-                wds.SimpleShardList(urls),
-                detshuffle2(bufsize=_SHARD_SHUFFLE_SIZE, initial=_SHARD_SHUFFLE_INITIAL, seed=seed,
-                            epoch=shared_epoch),
-                _SplitByRank(rank, world_size),
-                _SplitByWorker(),
-            ]
+        stages = train_shard_stages(urls, resampled=resampled, seed=seed, rank=rank, world_size=world_size,
+                                    workers=workers, shared_epoch=shared_epoch, flag=flag)
         stages += [
             to_samples,
             _SampleShuffle(_SAMPLE_SHUFFLE_SIZE, _SAMPLE_SHUFFLE_INITIAL, seed, shared_epoch, rank),
@@ -267,30 +252,55 @@ def _build(shards, *, batch_size, view_size, num_samples, workers, seed, epoch, 
     dataset.flag, dataset.batch_size = flag, batch_size
 
     if train:
-        # as OpenCLIP (ceil): every worker yields the same number of full batches; an exhausted
-        # worker starts its shards over, so a few samples may repeat
-        global_batch_size = batch_size * world_size
-        num_batches = math.ceil(num_samples / global_batch_size)
-        num_workers = max(1, workers)
-        num_worker_batches = math.ceil(num_batches / num_workers)
-        num_batches = num_worker_batches * num_workers
-        num_samples = num_batches * global_batch_size
-        dataset = dataset.with_epoch(num_worker_batches)
-    else:
-        # evaluation: one pass, last batch partial; with several ranks each sees ~1/world_size
-        num_batches = math.ceil(num_samples / (batch_size * world_size)) if num_samples else 0
+        return epoch_loader(dataset, batch_size=batch_size, num_samples=num_samples, workers=workers,
+                            world_size=world_size, counters=counters, urls=urls, shared_epoch=shared_epoch)
+    # evaluation: one pass, last batch partial; with several ranks each sees ~1/world_size
+    num_batches = math.ceil(num_samples / (batch_size * world_size)) if num_samples else 0
+    return _data_info(dataset, workers=workers, num_batches=num_batches, num_samples=num_samples,
+                      counters=counters, urls=urls, shared_epoch=shared_epoch)
 
-    dataloader = _WebLoader(
-        dataset,
-        batch_size=None,
-        shuffle=False,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-    )
+
+def train_shard_stages(urls: Sequence[str], *, resampled: bool, seed: int, rank: int, world_size: int, workers: int,
+                       shared_epoch: SharedEpoch, flag: str, shards_desc: Optional[str] = None,
+                       fix: str = "use more shards, fewer --workers, or --dataset-resampled") -> list:
+    """Head of a training pipeline over ``urls``: resampled shards, or a (seed, epoch) shuffle of the
+    shard list split by rank then by DataLoader worker (each worker needs at least one shard)."""
+    if resampled:
+        return [ResampledShards2(list(urls), deterministic=True, worker_seed=_WorkerShardSeed(seed, rank),
+                                 epoch=shared_epoch)]
+    if len(urls) < max(1, workers) * world_size:
+        desc = shards_desc or f"{len(urls)} shard(s)"
+        raise DistillUsageError(
+            f"{flag}: {desc} for {max(1, workers)} worker(s) x {world_size} rank(s); every DataLoader worker "
+            f"needs at least one shard: {fix}")
+    return [
+        wds.SimpleShardList(list(urls)),
+        detshuffle2(bufsize=_SHARD_SHUFFLE_SIZE, initial=_SHARD_SHUFFLE_INITIAL, seed=seed, epoch=shared_epoch),
+        _SplitByRank(rank, world_size),
+        _SplitByWorker(),
+    ]
+
+
+def epoch_loader(dataset: wds.DataPipeline, *, batch_size: int, num_samples: int, workers: int, world_size: int,
+                 counters: SkipCounters, urls: Sequence[str], shared_epoch: SharedEpoch) -> DataInfo:
+    """Training ``DataInfo`` over ``dataset``: as OpenCLIP (ceil), every worker yields the same number
+    of full batches; an exhausted worker starts its shards over, so a few samples may repeat."""
+    global_batch_size = batch_size * world_size
+    num_workers = max(1, workers)
+    num_worker_batches = math.ceil(math.ceil(num_samples / global_batch_size) / num_workers)
+    num_batches = num_worker_batches * num_workers
+    return _data_info(dataset.with_epoch(num_worker_batches), workers=workers, num_batches=num_batches,
+                      num_samples=num_batches * global_batch_size, counters=counters, urls=urls,
+                      shared_epoch=shared_epoch)
+
+
+def _data_info(dataset, *, workers, num_batches, num_samples, counters, urls, shared_epoch) -> DataInfo:
+    dataloader = _WebLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                            persistent_workers=workers > 0)
     dataloader.num_batches = num_batches
     dataloader.num_samples = num_samples
     dataloader.counters = counters
-    dataloader.shards = urls
+    dataloader.shards = list(urls)
     return DataInfo(dataloader=dataloader, shared_epoch=shared_epoch)
 
 

@@ -263,10 +263,10 @@ class TextStream:
     each ``iter()``.
     """
 
-    def __init__(self, dataset: SentenceStream, workers: int, files: List[str]):
-        self.dataset, self.workers, self.files = dataset, workers, files
+    def __init__(self, dataset: IterableDataset, workers: int, files: Sequence[str] = ()):
+        self.dataset, self.workers, self.files = dataset, workers, list(files)
         self.batch_size = dataset.batch_size
-        self.counters = dataset.counters
+        self.counters = getattr(dataset, "counters", None)
 
     @property
     def epoch(self) -> int:
