@@ -14,7 +14,6 @@ import os
 import sys
 
 import open_clip
-import torch
 
 import openclip_distill  # noqa: F401 (registers the student configs)
 from .checkpoint import atomic_torch_save, load_checkpoint, strip_module_prefix

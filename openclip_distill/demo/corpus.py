@@ -38,7 +38,6 @@ call with the same parameters returns immediately.
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -48,7 +47,7 @@ import tarfile
 import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
