@@ -5,10 +5,10 @@
 One process, one student, one synthetic batch (views in [0, 1] at max(student, teacher) px, B random
 sentences); each timed step is a full optimizer step (zero_grad, features, loss, backward, AdamW step):
 
-* ``live``: :class:`openclip_distill.features.DistillFeatures` with the teacher (teacher image + text
+* ``live``: :class:`openclip_distill.task.DistillTask` with the live teacher (teacher image + text
   forward under no_grad, then the student), DIME-FM loss, the student's own text tower not run
   (``--student-text-tower teacher``, the official recipe);
-* ``cached``: :class:`openclip_distill.cache.CachedDistillFeatures`: the same step with the teacher's
+* ``cached``: :class:`openclip_distill.task.DistillTask` with cached targets: the same step with the teacher's
   features taken from the batch (as ``--teacher-cache`` provides them): no teacher forward;
 * ``openclip``: OpenCLIP's own ``--distill-model`` step (``open_clip_train.train.train_one_epoch``
   with ``args.distill``): ``model(images, texts)`` + ``dist_model(images, texts)`` under no_grad +
@@ -69,10 +69,9 @@ def main(argv=None):
 
     import openclip_distill  # noqa: F401  (registers student configs and losses)
     from openclip_distill import create_distill_loss
-    from openclip_distill.cache import CachedDistillFeatures
     from openclip_distill.data.views import ModelInput
-    from openclip_distill.features import DistillFeatures
-    from openclip_distill.models.teacher import create_frozen_model
+    from openclip_distill.task import create_task
+    from openclip_distill.teachers import create_teacher
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -80,8 +79,9 @@ def main(argv=None):
     precision = args.precision or ("amp" if device.type == "cuda" else "fp32")
     teacher_precision = args.teacher_precision or precision
     torch.manual_seed(0)
-    teacher, _, t_tok = create_frozen_model(args.teacher, args.teacher_pretrained, device=device,
-                                            precision=teacher_precision)
+    distill_teacher = create_teacher(args.teacher, args.teacher_pretrained, device=device,
+                                     precision=teacher_precision)
+    teacher = distill_teacher.model  # OpenCLIP's own distillation path (the baseline) calls the model itself
     student = open_clip.create_model(args.student, device=device, output_dict=True)
     student.train()
     s_tok = open_clip.get_tokenizer(args.student)
@@ -89,22 +89,21 @@ def main(argv=None):
     loss = create_distill_loss("dime-fm")
     B = args.batch_size
     T = args.text_batch_size or B
-    view = max(max(ModelInput.from_model(m).image_size) for m in (student, teacher))
+    view = max(max(ModelInput.from_model(student).image_size), max(distill_teacher.image_size))
     g = torch.Generator().manual_seed(0)
     words = ["a", "photo", "of", "the", "small", "red", "dog", "cat", "on", "grass", "with", "blue", "sky", "car"]
     sentences = [" ".join(words[int(i)] for i in torch.randint(0, len(words), (12,), generator=g)) for _ in range(T)]
     batch = {"image": torch.rand(B, 3, view, view, generator=g), "text": sentences}
 
-    live = DistillFeatures(student, teacher, loss, s_tok, t_tok, device=device, precision=precision,
-                           teacher_precision=teacher_precision, train_student_text=False)
+    live = create_task(student, s_tok, loss, distill_teacher, device=device, precision=precision)
     cached_batch = dict(batch)
     with torch.no_grad():
-        tf = live.teacher_features(batch["image"].to(device), batch["text"])
+        tf = live.teacher_outputs(batch, batch["image"].to(device))
     # as the cache loader delivers them: float32 on the host, moved to the device inside the step
     cached_batch["dist_image_features"] = tf["dist_image_features"].cpu()
     cached_batch["dist_text_features"] = tf["dist_text_features"].cpu()
-    cached = CachedDistillFeatures(student, loss, s_tok, logit_scale=float(tf["dist_logit_scale"]), device=device,
-                                   precision=precision, train_student_text=False)
+    cached = create_task(student, s_tok, loss, cached_logit_scale=float(tf["dist_logit_scale"]), device=device,
+                         precision=precision)
     autocast = get_autocast(precision, device_type=device.type)
 
     def step_distill(features, b):

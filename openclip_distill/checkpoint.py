@@ -76,12 +76,36 @@ def strip_module_prefix(state_dict: dict) -> dict:
     return state_dict
 
 
-def restore_training_state(ckpt: dict, model, optimizer, scaler) -> tuple:
-    """Load model/optimizer/scaler state; returns (start_epoch, global_step)."""
+def restore_training_state(ckpt: dict, model, optimizer, scaler, loss=None) -> tuple:
+    """Load model/optimizer/scaler (and the loss's trainable parameters) state; returns (start_epoch, global_step)."""
     model.load_state_dict(strip_module_prefix(ckpt["state_dict"]))
+    if loss is not None and "loss_state_dict" in ckpt:
+        loss.load_state_dict(ckpt["loss_state_dict"])
     if optimizer is not None and ckpt.get("optimizer"):
         optimizer.load_state_dict(ckpt["optimizer"])
     if scaler is not None and "scaler" in ckpt:
         scaler.load_state_dict(ckpt["scaler"])
     logging.info(f"=> resumed from epoch {ckpt['epoch']} (step {ckpt.get('step', 0)})")
     return int(ckpt["epoch"]), int(ckpt.get("step", 0))
+
+
+def save_plain_checkpoint(args, state_dict, optimizer_state, scaler_state, epoch, step, final, loss=None):
+    """Write ``epoch_<E>.pt`` (and ``epoch_latest.pt``) atomically on the master, per the save flags.
+    ``loss``: a loss with trainable parameters; they are stored as ``loss_state_dict``."""
+    if not args.save_logs:
+        return
+    extra = {"distill_loss": args.distill_loss, "model": args.model, "distill_teacher": args.distill_teacher}
+    if loss is not None and any(p.requires_grad for p in loss.parameters()):
+        extra["loss_state_dict"] = {k: v.detach().cpu() for k, v in loss.state_dict().items()}
+    ckpt = build_checkpoint(state_dict, optimizer_state, scaler_state, epoch=epoch, step=step, name=args.name,
+                            extra=extra)
+    if final or (args.save_frequency > 0 and epoch % args.save_frequency == 0):
+        path = os.path.join(args.checkpoint_path, f"epoch_{epoch}.pt")
+        atomic_torch_save(ckpt, path)
+        logging.info(f"Saved checkpoint {path}")
+    if args.delete_previous_checkpoint:
+        prev = os.path.join(args.checkpoint_path, f"epoch_{epoch - 1}.pt")
+        if os.path.exists(prev):
+            os.remove(prev)
+    if args.save_most_recent:
+        atomic_torch_save(ckpt, os.path.join(args.checkpoint_path, LATEST_CHECKPOINT_NAME))

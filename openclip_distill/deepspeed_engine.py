@@ -16,9 +16,9 @@ from contextlib import nullcontext
 import torch
 import torch.distributed as dist
 
-from .engine import save_plain_checkpoint
+from .checkpoint import save_plain_checkpoint
 from .errors import DistillUsageError
-from .optim import create_optimizer
+from .optim import create_optimizer, trainable_loss_parameters
 
 DEEPSPEED_DIR = "deepspeed"
 
@@ -80,7 +80,11 @@ def load_deepspeed_config(path: str, args) -> dict:
 class DeepSpeedEngine:
     """The student inside a ``deepspeed.initialize`` engine (same interface as ``TorchEngine``)."""
 
-    def __init__(self, student, args, device):
+    def __init__(self, student, args, device, loss=None):
+        if trainable_loss_parameters(loss):
+            raise DistillUsageError(f"--deepspeed: --distill-loss {args.distill_loss} learns parameters of its own "
+                                    f"(adapters), which the DeepSpeed engine does not train yet; run it without "
+                                    f"--deepspeed (plain or DDP via torchrun)")
         deepspeed = import_deepspeed()
         self.args = args
         self.config = load_deepspeed_config(args.deepspeed, args)

@@ -5,31 +5,34 @@
     engine.step(); engine.zero_grad()
     engine.save(epoch, step, final) / engine.resume(path) / engine.export_state_dict()
 
-The frozen teacher is never part of an engine (never wrapped in DDP/ZeRO).
+The frozen teacher is never part of an engine (never wrapped in DDP/ZeRO). A loss with trainable
+parameters (feature adapters) trains beside the student: same optimizer, its gradients averaged
+over ranks, its state saved in checkpoints as ``loss_state_dict`` (never in the exported student).
 """
-import logging
-import os
 from contextlib import nullcontext
 
 import torch
 
-from .checkpoint import (LATEST_CHECKPOINT_NAME, atomic_torch_save, build_checkpoint, load_checkpoint,
-                         restore_training_state)
-from .optim import create_optimizer
+import torch.distributed as dist
+
+from .checkpoint import load_checkpoint, restore_training_state, save_plain_checkpoint
+from .optim import create_optimizer, trainable_loss_parameters
 
 
 class TorchEngine:
     """The student alone or in DDP, a torch optimizer and (``--precision amp``) a grad scaler."""
 
-    def __init__(self, student, args, device):
+    def __init__(self, student, args, device, loss=None):
         self.args = args
         self.module = student
         self.model = student
+        self.loss = loss
+        self.loss_params = trainable_loss_parameters(loss)
         if args.distributed:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 student, device_ids=[device] if device.type == "cuda" else None,
                 static_graph=bool(args.ddp_static_graph))
-        self.optimizer = create_optimizer(student, args)
+        self.optimizer = create_optimizer(student, args, loss=loss)
         self.scaler = torch.amp.GradScaler(device=device.type) if args.precision == "amp" else None
 
     def accumulation_context(self, last: bool):
@@ -44,17 +47,32 @@ class TorchEngine:
     def zero_grad(self):
         self.optimizer.zero_grad(set_to_none=True)
 
+    def _average_loss_grads(self):
+        """DDP averages the student's gradients; the loss's own parameters are averaged here."""
+        if not (self.loss_params and self.args.distributed and dist.is_initialized()):
+            return
+        for p in self.loss_params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+            p.grad.div_(dist.get_world_size())
+
+    def _clip(self, clip):
+        params = list(self.module.parameters()) + self.loss_params
+        torch.nn.utils.clip_grad_norm_(params, clip, norm_type=2.0)
+
     def step(self):
         clip = self.args.grad_clip_norm
+        self._average_loss_grads()
         if self.scaler is not None:
             if clip is not None:
                 self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.module.parameters(), clip, norm_type=2.0)
+                self._clip(clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             if clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.module.parameters(), clip, norm_type=2.0)
+                self._clip(clip)
             self.optimizer.step()
 
     def export_state_dict(self):
@@ -67,34 +85,17 @@ class TorchEngine:
 
     def save(self, epoch: int, step: int, final: bool = False):
         save_plain_checkpoint(self.args, self.export_state_dict(), self.optimizer.state_dict(),
-                              self.scaler.state_dict() if self.scaler is not None else None, epoch, step, final)
+                              self.scaler.state_dict() if self.scaler is not None else None, epoch, step, final,
+                              loss=self.loss)
 
     def resume(self, path):
         """Load ``path``; returns (start_epoch, step)."""
-        return restore_training_state(load_checkpoint(path), self.module, self.optimizer, self.scaler)
+        return restore_training_state(load_checkpoint(path), self.module, self.optimizer, self.scaler, loss=self.loss)
 
 
-def save_plain_checkpoint(args, state_dict, optimizer_state, scaler_state, epoch, step, final):
-    """Write ``epoch_<E>.pt`` (and ``epoch_latest.pt``) atomically on the master, per the save flags."""
-    if not args.save_logs:
-        return
-    ckpt = build_checkpoint(state_dict, optimizer_state, scaler_state, epoch=epoch, step=step, name=args.name,
-                            extra={"distill_loss": args.distill_loss, "model": args.model,
-                                   "distill_teacher": args.distill_teacher})
-    if final or (args.save_frequency > 0 and epoch % args.save_frequency == 0):
-        path = os.path.join(args.checkpoint_path, f"epoch_{epoch}.pt")
-        atomic_torch_save(ckpt, path)
-        logging.info(f"Saved checkpoint {path}")
-    if args.delete_previous_checkpoint:
-        prev = os.path.join(args.checkpoint_path, f"epoch_{epoch - 1}.pt")
-        if os.path.exists(prev):
-            os.remove(prev)
-    if args.save_most_recent:
-        atomic_torch_save(ckpt, os.path.join(args.checkpoint_path, LATEST_CHECKPOINT_NAME))
-
-
-def create_engine(student, args, device):
-    if getattr(args, "deepspeed", None):
+def create_engine(student, args, device, loss=None):
+    """``TorchEngine`` (plain / DDP), or ``DeepSpeedEngine`` with ``--deepspeed``."""
+    if args.deepspeed:
         from .deepspeed_engine import DeepSpeedEngine
-        return DeepSpeedEngine(student, args, device)
-    return TorchEngine(student, args, device)
+        return DeepSpeedEngine(student, args, device, loss=loss)
+    return TorchEngine(student, args, device, loss=loss)

@@ -3,17 +3,17 @@
 Similarity-matrix losses couple all samples of a batch, so summing per-micro-batch losses (what
 plain accumulation does) loses the cross-micro-batch negatives. Instead, for K micro-batches:
 
-1. features of every micro-batch without grad (teacher and student; the RNG state is recorded so
+1. outputs of every micro-batch without grad (teacher and student; the RNG state is recorded so
    the student's re-forward sees the same dropout / patch dropout),
-2. the loss on the concatenated full batch, differentiated w.r.t. the *features* only,
+2. the loss on the concatenated full batch, differentiated w.r.t. the student *outputs* (and the
+   loss's own trainable parameters, e.g. feature adapters),
 3. each micro-batch re-forwarded with grad and back-propagated with ``sum(f * dL/df)``.
 
-The parameter gradient equals the one of a single batch K times as large.
+The parameter gradient equals the one of a single batch K times as large. Outputs are combined by
+shape, not by name: a tensor with a batch dimension is concatenated, a 0-d tensor (a logit scale)
+is shared by all micro-batches, so any loss input a task produces works.
 """
 import torch
-
-STUDENT_BATCH_KEYS = ("image_features", "text_features")
-STUDENT_SCALAR_KEYS = ("logit_scale", "logit_bias")
 
 
 def _rng_state(device):
@@ -29,40 +29,41 @@ def _set_rng_state(state, device):
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _cat(parts):
-    parts = [p for p in parts if p is not None]
-    return torch.cat(parts) if parts else None
+def _combine(parts):
+    """Concatenate per-micro-batch tensors along the batch; a 0-d tensor is shared (the first one)."""
+    if parts[0] is None or not torch.is_tensor(parts[0]):
+        return parts[0]
+    if parts[0].ndim == 0:
+        return parts[0]
+    return torch.cat(parts)
 
 
-def grad_cache_backward(engine, features, loss, micro_batches, is_finite=None):
+def grad_cache_backward(engine, task, loss, micro_batches, is_finite=None):
     """Accumulate the full-batch gradient of ``loss`` over ``micro_batches`` into the student of
-    ``engine`` (``openclip_distill.engine``: its ``accumulation_context`` and ``backward``).
+    ``engine`` (``openclip_distill.engine``: its ``accumulation_context`` and ``backward``), through
+    ``task`` (:class:`openclip_distill.task.DistillTask`).
 
     Returns the full-batch loss terms (detached) and whether the step is usable (finite loss);
     nothing is back-propagated when it is not.
     """
-    device = features.device
+    device = task.device
     teacher, student, rng = [], [], []
     for batch in micro_batches:
-        images = batch["image"].to(device, non_blocking=True)
-        teacher.append(features.batch_teacher_features(batch, images))
+        images = task.images_of(batch)
+        teacher.append(task.teacher_outputs(batch, images))
         rng.append(_rng_state(device))
-        student.append(features.student_features(images, batch["text"], grad=False))
+        student.append(task.student_outputs(batch, images, grad=False))
 
-    inputs, leaves = {}, {}
-    for k in teacher[0]:
-        inputs[k] = _cat([t[k] for t in teacher]) if teacher[0][k].ndim else teacher[0][k]
-    for k in STUDENT_BATCH_KEYS + STUDENT_SCALAR_KEYS:
-        if k not in student[0] or student[0][k] is None:
-            continue
-        value = _cat([s[k] for s in student]) if k in STUDENT_BATCH_KEYS else student[0][k]
-        leaves[k] = value.detach().requires_grad_(True)
-        inputs[k] = leaves[k]
-    if "text_features" in features.input_names and "text_features" not in inputs:
-        inputs["text_features"] = None
-    inputs = {k: v for k, v in inputs.items() if k in features.input_names}
+    inputs = {k: _combine([t[k] for t in teacher]) for k in teacher[0]}
+    leaves = {}
+    for k in student[0]:
+        value = _combine([s[k] for s in student])
+        if torch.is_tensor(value) and value.is_floating_point():
+            leaves[k] = value.detach().requires_grad_(True)
+            inputs[k] = leaves[k]
+    inputs = task.select(inputs)
 
-    with features.autocast():
+    with task.autocast():
         losses = loss(**inputs, output_dict=True)
     total = sum(losses.values())
     losses = {k: v.detach() for k, v in losses.items()}
@@ -71,24 +72,30 @@ def grad_cache_backward(engine, features, loss, micro_batches, is_finite=None):
         return losses, False
 
     used = {k: v for k, v in leaves.items() if k in inputs}
-    grads = dict(zip(used, torch.autograd.grad(total, list(used.values()), allow_unused=True)))
+    loss_params = [p for p in loss.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(total, list(used.values()) + loss_params, allow_unused=True)
+    loss_grads = [(p, g) for p, g in zip(loss_params, grads[len(used):]) if g is not None]
+    grads = dict(zip(used, grads[:len(used)]))
 
-    offsets = {k: 0 for k in STUDENT_BATCH_KEYS}
+    offsets = {k: 0 for k in grads}
     last = len(micro_batches) - 1
     for j, batch in enumerate(micro_batches):
-        images = batch["image"].to(device, non_blocking=True)
+        images = task.images_of(batch)
         _set_rng_state(rng[j], device)
         with engine.accumulation_context(last=j == last):
-            out = features.student_features(images, batch["text"], grad=True)
-            surrogate = images.new_zeros((), dtype=torch.float32)
+            out = task.student_outputs(batch, images, grad=True)
+            surrogate = torch.zeros((), dtype=torch.float32, device=device)
             for k, g in grads.items():
                 if g is None or out.get(k) is None:
                     continue
-                if k in STUDENT_BATCH_KEYS:
+                if out[k].ndim:
                     n = out[k].shape[0]
                     surrogate = surrogate + (out[k].float() * g[offsets[k]:offsets[k] + n].float()).sum()
                     offsets[k] += n
                 elif j == 0:  # a scalar shared by all micro-batches: its gradient counts once
                     surrogate = surrogate + (out[k].float() * g.float()).sum()
+            if j == 0:  # the loss's own parameters (once), through the engine so AMP scaling applies
+                for p, g in loss_grads:
+                    surrogate = surrogate + (p.float() * g.float()).sum()
             engine.backward(surrogate)
     return losses, True

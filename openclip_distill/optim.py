@@ -15,8 +15,18 @@ def _no_decay(name, p) -> bool:
     return p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
 
 
-def create_optimizer(model, args):
+def trainable_loss_parameters(loss) -> list:
+    """The parameters a loss learns itself (e.g. feature adapters); [] for most losses."""
+    if loss is None or not isinstance(loss, torch.nn.Module):
+        return []
+    return [p for p in loss.parameters() if p.requires_grad]
+
+
+def create_optimizer(model, args, loss=None):
+    """AdamW (or ``timm/<name>``) over the student's trainable parameters and the loss's own, if any."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if trainable_loss_parameters(loss):
+        named += [(f"loss.{n}", p) for n, p in loss.named_parameters() if p.requires_grad]
     if not named:
         raise DistillUsageError("--model: the student has no trainable parameters (check --lock-image/--lock-text "
                                 "and --student-text-tower)")
@@ -26,7 +36,10 @@ def create_optimizer(model, args):
         kw = {"betas": (args.beta1, args.beta2)} if args.beta1 is not None else {}
         if args.momentum is not None:
             kw["momentum"] = args.momentum
-        return create_optimizer_v2(model, opt[len("timm/"):], lr=args.lr, weight_decay=args.wd, eps=args.eps, **kw)
+        holder = model
+        if trainable_loss_parameters(loss):
+            holder = torch.nn.ModuleDict({"student": model, "loss": loss})
+        return create_optimizer_v2(holder, opt[len("timm/"):], lr=args.lr, weight_decay=args.wd, eps=args.eps, **kw)
     if opt != "adamw":
         raise DistillUsageError(f"--opt: unknown optimizer {args.opt!r}; use adamw or timm/<name>")
     groups = [

@@ -21,7 +21,8 @@ def build_distill_parser() -> argparse.ArgumentParser:
         description="Distill a frozen OpenCLIP teacher into a student. All open_clip_train flags apply.")
     g = p.add_argument_group("distillation (openclip_distill)")
     g.add_argument("--distill-teacher", default=None, type=str,
-                   help="Teacher model: any OpenCLIP name (ViT-L-14, hf-hub:..., local-dir:...).")
+                   help="Teacher model: any OpenCLIP name (ViT-L-14, hf-hub:..., local-dir:...), or "
+                        "hf:<repo id or dir> for a transformers CLIPModel/AltCLIPModel/SiglipModel or sentence encoder.")
     g.add_argument("--distill-teacher-pretrained", default=None, type=str,
                    help="Teacher weights: a pretrained tag (openai, laion2b_s32b_b82k) or a local .pt/.safetensors.")
     g.add_argument("--distill-teacher-precision", default=None, choices=PRECISIONS,
@@ -108,10 +109,12 @@ def parse_args(argv):
     return args
 
 
-def validate_args(args, loss_cls) -> None:
-    """Cross-flag checks; each failure is a one-line DistillUsageError naming the flag and the fix."""
+def validate_args(args, loss_cls, modalities=None) -> None:
+    """Cross-flag checks; each failure is a one-line DistillUsageError naming the flag and the fix.
+    ``modalities``: what the loss consumes ("image", "text"; both when None)."""
     if not args.distill_teacher:
-        raise DistillUsageError("--distill-teacher is required (an OpenCLIP model name such as ViT-L-14)")
+        raise DistillUsageError("--distill-teacher is required (an OpenCLIP model name such as ViT-L-14, or "
+                                "hf:<dir> for a transformers model)")
     if args.teacher_cache:
         if loss_cls.requires_paired_data:
             raise DistillUsageError(f"--teacher-cache holds unpaired images and sentences; --distill-loss "
@@ -122,13 +125,17 @@ def validate_args(args, loss_cls) -> None:
                 f"--distill-loss {args.distill_loss} trains on paired data: pass --train-data SHARDS "
                 f"(image+caption webdataset shards)")
     else:
-        if not args.train_images:
+        modalities = modalities or ("image", "text")
+        if "image" in modalities and not args.train_images:
             raise DistillUsageError(
                 f"--distill-loss {args.distill_loss} needs --train-images SHARDS (image-only webdataset shards)")
-        if not args.train_texts:
+        if "text" in modalities and not args.train_texts:
             raise DistillUsageError(
                 f"--distill-loss {args.distill_loss} needs --train-texts FILES (sentence corpora: .txt, .jsonl "
                 f"or .tar); it learns from unpaired sentences")
+        if "image" not in modalities and not args.train_num_samples:
+            raise DistillUsageError(f"--distill-loss {args.distill_loss} trains from sentences alone: pass "
+                                    f"--train-num-samples N (an epoch is N sentences)")
     for flag in ("batch_size", "epochs"):
         if getattr(args, flag) is None or getattr(args, flag) < 1:
             raise DistillUsageError(f"--{flag.replace('_', '-')} must be a positive integer")

@@ -6,7 +6,8 @@
     loss = create_distill_loss("my-loss", weight=0.5)
     list_losses()  # ['clip-distill', 'dime-fm', 'my-loss', ...]
 """
-from typing import Callable, Dict, List
+import inspect
+from typing import Callable, Dict, List, Optional
 
 from .errors import DistillUsageError
 
@@ -38,9 +39,16 @@ def get_loss_class(name: str):
     return _LOSSES[name]
 
 
-def create_distill_loss(name: str, **kwargs):
-    """Instantiate the registered loss ``name`` with ``kwargs``."""
+def create_distill_loss(name: str, context: Optional[dict] = None, **kwargs):
+    """Instantiate the registered loss ``name`` with ``kwargs``.
+
+    ``context``: facts about the run a loss may need to build itself (``student_embed_dim``,
+    ``teacher_embed_dim``, ...); each is passed only when the constructor declares it and the user
+    did not set it in ``kwargs``."""
     cls = get_loss_class(name)
+    for key, value in (context or {}).items():
+        if key not in kwargs and key in inspect.signature(cls).parameters:
+            kwargs[key] = value
     try:
         return cls(**kwargs)
     except TypeError as e:

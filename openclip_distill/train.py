@@ -27,13 +27,13 @@ def _all_ranks_finite(total_loss, args) -> bool:
     return bool(flag.item())
 
 
-def _forward_backward(engine, features, loss, micro_batches, args):
+def _forward_backward(engine, task, loss, micro_batches, args):
     """Loss terms and whether the step is usable; gradients are accumulated into the student."""
     is_finite = lambda total: _all_ranks_finite(total, args)  # noqa: E731
     if len(micro_batches) > 1:
-        return grad_cache_backward(engine, features, loss, micro_batches, is_finite)
-    inputs = features(micro_batches[0])
-    with features.autocast():
+        return grad_cache_backward(engine, task, loss, micro_batches, is_finite)
+    inputs = task(micro_batches[0])
+    with task.autocast():
         losses = loss(**inputs, output_dict=True)
     total = sum(losses.values())
     losses["loss"] = total
@@ -41,6 +41,11 @@ def _forward_backward(engine, features, loss, micro_batches, args):
         return losses, False
     engine.backward(total)
     return losses, True
+
+
+def _batch_size(batch) -> int:
+    """Samples in a batch: its images, or its sentences in a sentence-only run."""
+    return len(batch["image"]) if batch.get("image") is not None else len(batch["text"])
 
 
 def record_losses(args, epoch: int, step: int, losses: dict) -> None:
@@ -52,7 +57,7 @@ def record_losses(args, epoch: int, step: int, losses: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def train_one_epoch(engine, features, loss, train_data, epoch, scheduler, args, state, counters=None,
+def train_one_epoch(engine, task, loss, train_data, epoch, scheduler, args, state, counters=None,
                     tb_writer=None):
     """Train ``engine``'s student for one epoch of ``train_data``; ``state`` carries ``step`` and the NaN streak.
     With ``--accum-freq K`` every optimizer step sees K loader batches as one batch (GradCache)."""
@@ -79,8 +84,8 @@ def train_one_epoch(engine, features, loss, train_data, epoch, scheduler, args, 
             scheduler(step)
         data_time_m.update(time.time() - end)
         engine.zero_grad()
-        losses, usable = _forward_backward(engine, features, loss, micro, args)
-        images_in_step = sum(len(b["image"]) for b in micro)
+        losses, usable = _forward_backward(engine, task, loss, micro, args)
+        images_in_step = sum(_batch_size(b) for b in micro)
         micro = []
         batch_count += 1
         state["step"] += 1

@@ -7,7 +7,7 @@ from open_clip_train.distributed import is_master
 from open_clip_train.precision import get_autocast
 
 from .data import SkipCounters, get_paired_dataset, get_unpaired_data
-from .data.views import ModelInput
+from .task import loss_needs_paired_data
 
 
 class PairedLoader:
@@ -31,31 +31,27 @@ class PairedLoader:
         return iter(self.info.dataloader)
 
 
-def view_size_for(*models) -> int:
-    """The loader's common view size: the largest input any of the models takes."""
-    return max(max(ModelInput.from_model(m).image_size) for m in models)
-
-
-def build_train_data(args, loss_cls, student, teacher, epoch: int, manifest=None):
-    """Returns (loader, counters): unpaired images + sentences (live or from ``--teacher-cache``
-    whose ``manifest`` is given), or paired ``--train-data``."""
+def build_train_data(args, parts, epoch: int):
+    """Returns (loader, counters) for ``parts`` (:class:`~openclip_distill.task_factory.RunParts`):
+    unpaired images and/or sentences, as the loss uses them (live, or from ``--teacher-cache``), or
+    paired ``--train-data``."""
     counters = SkipCounters()
     args.aug_scale = tuple((args.aug_cfg or {}).get("scale", (0.9, 1.0)))
-    teacher_sizes = manifest["teacher_image_size"] if manifest is not None else [view_size_for(teacher)]
-    view_size = max(view_size_for(student), *teacher_sizes)
-    if manifest is not None:
+    view_size = parts.view_size
+    if parts.manifest is not None:
         from .cache import get_cached_unpaired_data
         data = get_cached_unpaired_data(args, view_size, counters=counters, epoch=epoch)
-    elif loss_cls.requires_paired_data:
+    elif loss_needs_paired_data(parts.loss):
         info = get_paired_dataset(
             args.train_data, batch_size=args.batch_size, view_size=view_size, num_samples=args.train_num_samples,
             workers=args.workers, seed=args.seed, epoch=epoch, world_size=args.world_size, rank=args.rank,
             resampled=args.dataset_resampled, scale=args.aug_scale, counters=counters, train=True)
         data = PairedLoader(info)
     else:
-        data = get_unpaired_data(args, view_size, counters=counters, epoch=epoch)
-    logging.info(f"Training data: {data.num_samples} samples, {data.num_batches} steps per epoch, "
-                 f"views of {view_size} px")
+        data = get_unpaired_data(args, view_size, counters=counters, epoch=epoch,
+                                 modalities=parts.task.modalities)
+    what = "sentences" if "image" not in parts.task.modalities else f"samples, views of {view_size} px"
+    logging.info(f"Training data: {data.num_samples} {what}, {data.num_batches} steps per epoch")
     return data, counters
 
 

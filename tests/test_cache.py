@@ -14,16 +14,18 @@ from PIL import Image
 
 import openclip_distill  # noqa: F401  (registers the test model configs)
 from openclip_distill import create_distill_loss
-from openclip_distill.cache import (CachedDistillFeatures, adopt_cached_text_tower, build_main, chosen_augmentation,
+from openclip_distill.cache import (adopt_cached_text_tower, build_main, chosen_augmentation,
                                     get_cached_unpaired_data, load_cached_text_tower, load_manifest,
                                     read_cache_shard, read_text_chunk)
 from openclip_distill.cache import build as build_module
 from openclip_distill.data.toy_data import write_image_shards, write_text_file
 from openclip_distill.data.views import apply_view
 from openclip_distill.errors import DistillUsageError
-from openclip_distill.features import DistillFeatures
-from openclip_distill.models.teacher import create_frozen_model
-from openclip_distill.models.text_tower import adopt_teacher_text_tower, text_tower_keys
+from openclip_distill.models.text_tower import adopt_text_tower, text_tower_keys
+from openclip_distill.task import create_task
+from openclip_distill.teachers import create_teacher
+from openclip_distill.teachers.open_clip_teacher import OpenCLIPTeacher
+from openclip_distill.teachers.open_clip_teacher import create_frozen_open_clip as create_frozen_model
 
 TEACHER, STUDENT = "test-tiny-teacher", "test-tiny-student"
 K = 3
@@ -89,11 +91,11 @@ def cache32(world):
 
 @pytest.fixture(scope="module")
 def models(world):
-    teacher, _, t_tok = create_frozen_model(TEACHER, world["weights"], device="cpu")
+    teacher = create_teacher(TEACHER, world["weights"], device="cpu")
     torch.manual_seed(0)
     student, _, s_tok = create_frozen_model(STUDENT, None, device="cpu", flag="--model")
     loss = create_distill_loss("dime-fm")
-    live = DistillFeatures(student, teacher, loss, s_tok, t_tok, device="cpu")
+    live = create_task(student, s_tok, loss, teacher)
     return {"teacher": teacher, "student": student, "loss": loss, "live": live, "s_tok": s_tok}
 
 
@@ -141,11 +143,11 @@ def test_image_and_text_embeddings_equal_live_teacher(world, models, cache16, ca
     tol = dict(rtol=0, atol=1e-6) if which == "fp32" else dict(rtol=0, atol=2e-3)
     manifest = load_manifest(cache)
     assert manifest["dtype"] == which and manifest["embed_dim"] == 32 and manifest["augmentations"] == K
-    assert manifest["logit_scale"] == pytest.approx(float(models["teacher"].logit_scale.exp()), abs=0)
+    assert manifest["logit_scale"] == pytest.approx(models["teacher"].logit_scale, abs=0)
     seen = 0
     for epoch in (0, 1):
         for batch in epoch_batches(cache, epoch):
-            live = models["live"].teacher_features(batch["image"], batch["text"])
+            live = models["live"].teacher_outputs(batch, batch["image"])
             assert batch["dist_image_features"].dtype == torch.float32
             torch.testing.assert_close(batch["dist_image_features"], live["dist_image_features"], **tol)
             torch.testing.assert_close(batch["dist_text_features"], live["dist_text_features"], **tol)
@@ -155,7 +157,7 @@ def test_image_and_text_embeddings_equal_live_teacher(world, models, cache16, ca
     records = all_records(cache)
     views = torch.stack([apply_view(source_image(r["source"], r["key"]), torch.from_numpy(r["views"][k]), VIEW)
                          for r in records.values() for k in range(K)])
-    live = models["live"].teacher_features(views, ["x"])["dist_image_features"]
+    live = models["live"].teacher_outputs({"text": ["x"]}, views)["dist_image_features"]
     stored = torch.from_numpy(np.concatenate([r["emb"] for r in records.values()]).astype(np.float32))
     torch.testing.assert_close(stored, live, **tol)
 
@@ -170,7 +172,7 @@ def test_text_cache_is_the_whole_corpus_in_order(world, models, cache16):
         embs.append(np.asarray(e, dtype=np.float32))
     assert texts == world["sentences"]  # streamed in order, the whitespace line skipped (and counted)
     assert manifest["num_sentences"] == len(texts) and manifest["skipped_texts"] == {"empty_text": 1}
-    live = models["live"].teacher_features(torch.zeros(1, 3, VIEW, VIEW), texts)["dist_text_features"]
+    live = models["live"].teacher_outputs({"text": texts}, torch.zeros(1, 3, VIEW, VIEW))["dist_text_features"]
     torch.testing.assert_close(torch.from_numpy(np.concatenate(embs)), live, rtol=0, atol=2e-3)
 
 
@@ -248,7 +250,7 @@ def _mtimes(cache):
 def test_resume_skips_finished_shards_and_ignores_temp_files(world, cache16, monkeypatch):
     out = world["root"] / "resume"
     committed = []
-    real_images, real_commit = build_module.TeacherEncoder.images, build_module._ShardWriter.commit
+    real_images, real_commit = OpenCLIPTeacher.encode_image, build_module._ShardWriter.commit
 
     def commit(self, *a, **kw):
         real_commit(self, *a, **kw)
@@ -260,7 +262,7 @@ def test_resume_skips_finished_shards_and_ignores_temp_files(world, cache16, mon
         return real_images(self, views)
 
     monkeypatch.setattr(build_module._ShardWriter, "commit", commit)
-    monkeypatch.setattr(build_module.TeacherEncoder, "images", images)
+    monkeypatch.setattr(OpenCLIPTeacher, "encode_image", images)
     with pytest.raises(RuntimeError, match="simulated crash"):
         build_main(build_argv(world, out))
     monkeypatch.undo()
@@ -322,28 +324,29 @@ def test_two_way_sharding_covers_every_image_once(world, cache16):
 
 def test_text_tower_and_cached_features(world, models, cache32):
     sd = torch.load(os.path.join(cache32, "teacher_text_tower.pt"), weights_only=True)
-    teacher = models["teacher"]
+    teacher = models["teacher"].model
     assert set(sd) == set(text_tower_keys(teacher)) | {"logit_scale"}
     for k, v in sd.items():
         assert torch.equal(v, teacher.state_dict()[k])
     assert set(load_cached_text_tower(cache32)) == set(sd)
     a, _, _ = create_frozen_model(STUDENT, None, device="cpu", flag="--model")
     b, _, _ = create_frozen_model(STUDENT, None, device="cpu", flag="--model")
-    assert adopt_cached_text_tower(a, cache32, STUDENT) == adopt_teacher_text_tower(b, teacher, STUDENT, TEACHER)
+    tower = models["teacher"].text_tower_state_dict()
+    assert adopt_cached_text_tower(a, cache32, STUDENT) == adopt_text_tower(b, tower, STUDENT, TEACHER)
     for k in list(sd):
         assert torch.equal(a.state_dict()[k], b.state_dict()[k])
 
     loader = get_cached_unpaired_data(loader_args(cache32), VIEW)
-    cached = CachedDistillFeatures.from_loader(models["student"], models["loss"], models["s_tok"], loader,
-                                               device="cpu")
+    cached = create_task(models["student"], models["s_tok"], models["loss"], cached_logit_scale=loader.logit_scale,
+                         cached_logit_bias=loader.logit_bias)
     loader.set_epoch(0)
     batch = next(iter(loader))
     got, want = cached(batch), models["live"](batch)
     assert set(got) == set(want)
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6)
-    with pytest.raises(RuntimeError, match="batch_teacher_features"):
-        cached.teacher_features(batch["image"], batch["text"])
+    with pytest.raises(KeyError):  # cached targets come with the batch only
+        cached.teacher_outputs({"text": batch["text"]}, batch["image"])
 
 
 # ------------------------------------------------------------------------------------------------

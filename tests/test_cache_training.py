@@ -10,10 +10,10 @@ import torch
 
 from openclip_distill import create_distill_loss
 from openclip_distill import main as distill_main
-from openclip_distill.cache import CachedDistillFeatures, build_main, get_cached_unpaired_data, load_manifest
-from openclip_distill.features import DistillFeatures
-from openclip_distill.models.teacher import create_frozen_model
-from openclip_distill.models.text_tower import adopt_teacher_text_tower
+from openclip_distill.cache import build_main, get_cached_unpaired_data, load_manifest
+from openclip_distill.models.text_tower import adopt_text_tower
+from openclip_distill.task import create_task
+from openclip_distill.teachers import create_teacher
 from openclip_distill.train import _forward_backward
 
 
@@ -34,10 +34,10 @@ def test_cached_training_equals_live_teacher_on_the_same_views(tiny_corpus, tmp_
     cache = build(tiny_corpus, tmp_path / "cache")
     manifest = load_manifest(cache)
     torch.manual_seed(5)  # the cache builder seeds a random-init teacher like the trainer does
-    teacher, _, tok_t = create_frozen_model("test-tiny-teacher", None, device="cpu")
+    teacher = create_teacher("test-tiny-teacher", None, device="cpu")
     torch.manual_seed(0)
     student = open_clip.create_model("test-tiny-student", output_dict=True)
-    adopt_teacher_text_tower(student, teacher, "s", "t")
+    adopt_text_tower(student, teacher.text_tower_state_dict(), "s", "t")
     student.logit_scale.requires_grad_(False)
     tok = open_clip.get_tokenizer("test-tiny-student")
     loss = create_distill_loss("dime-fm", udist_weight=0.2, impl="naive")
@@ -45,9 +45,8 @@ def test_cached_training_equals_live_teacher_on_the_same_views(tiny_corpus, tmp_
                            seed=0, world_size=1, rank=0, dataset_resampled=False, distributed=False)
     loader = get_cached_unpaired_data(args, 32, epoch=0)
     live_student, cached_student = copy.deepcopy(student), copy.deepcopy(student)
-    live = DistillFeatures(live_student, teacher, loss, tok, tok_t, device=torch.device("cpu"))
-    cached = CachedDistillFeatures(cached_student, loss, tok, logit_scale=manifest["logit_scale"],
-                                   device=torch.device("cpu"))
+    live = create_task(live_student, tok, loss, teacher)
+    cached = create_task(cached_student, tok, loss, cached_logit_scale=manifest["logit_scale"])
     opts = [torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1)
             for m in (live_student, cached_student)]
     steps = 0
@@ -71,13 +70,12 @@ def test_cached_training_equals_live_teacher_on_the_same_views(tiny_corpus, tmp_
 
 def test_cli_trains_from_the_cache_without_a_teacher(tiny_corpus, tmp_path, monkeypatch):
     cache = build(tiny_corpus, tmp_path / "cache")
-    import openclip_distill.models.teacher as teacher_module
+    import openclip_distill.task_factory as factory
 
     def no_teacher(*a, **k):
         raise AssertionError("the teacher must not be instantiated with --teacher-cache")
 
-    monkeypatch.setattr(teacher_module, "create_frozen_model", no_teacher)
-    monkeypatch.setattr(distill_main, "create_teacher", no_teacher)
+    monkeypatch.setattr(factory, "create_teacher", no_teacher)
     rc = distill_main.main(["--teacher-cache", cache, "--model", "test-tiny-student", "--batch-size", "8",
                             "--epochs", "1", "--lr", "1e-3", "--warmup", "1", "--precision", "fp32", "--workers", "0",
                             "--logs", str(tmp_path / "logs"), "--name", "cached", "--device", "cpu",

@@ -9,9 +9,10 @@ import torch
 
 import openclip_distill  # noqa: F401 (registers the configs)
 from openclip_distill import create_distill_loss
-from openclip_distill.features import DistillFeatures
 from openclip_distill.grad_cache import grad_cache_backward
-from openclip_distill.models.text_tower import adopt_teacher_text_tower
+from openclip_distill.models.text_tower import adopt_text_tower, text_tower_state_dict
+from openclip_distill.task import create_task
+from openclip_distill.teachers.open_clip_teacher import OpenCLIPTeacher
 from openclip_distill.train import _forward_backward
 
 ARGS = SimpleNamespace(distributed=False)
@@ -28,8 +29,9 @@ def make_models(text_tower):
     teacher = open_clip.create_model("test-tiny-teacher").eval().requires_grad_(False)
     student = open_clip.create_model("test-tiny-student", output_dict=True)
     if text_tower == "teacher":
-        adopt_teacher_text_tower(student, teacher, "s", "t")
-    return student, teacher
+        adopt_text_tower(student, text_tower_state_dict(teacher), "s", "t")
+    tok = open_clip.get_tokenizer("test-tiny-teacher")
+    return student, OpenCLIPTeacher(teacher, tok, name="test-tiny-teacher")
 
 
 def batches(k, n_img, n_txt, seed=0):
@@ -49,8 +51,7 @@ def merged(micro):
 def grads_after(student, teacher, loss, micro, text_tower, accumulate):
     model = copy.deepcopy(student)
     tok = open_clip.get_tokenizer("test-tiny-student")
-    feats = DistillFeatures(model, teacher, loss, tok, tok, device=torch.device("cpu"),
-                            train_student_text=text_tower == "train")
+    feats = create_task(model, tok, loss, teacher, train_student_text=text_tower == "train")
     if not feats.uses_student_scale:
         model.logit_scale.requires_grad_(False)
     # SGD: the update is lr * grad, so equal updates mean equal gradients (Adam would amplify round-off
@@ -94,7 +95,7 @@ def test_plain_accumulation_would_differ():
     _, big, _ = grads_after(student, teacher, loss, micro, "teacher", accumulate=False)
     model = copy.deepcopy(student)
     tok = open_clip.get_tokenizer("test-tiny-student")
-    feats = DistillFeatures(model, teacher, loss, tok, tok, device=torch.device("cpu"))
+    feats = create_task(model, tok, loss, teacher)
     model.logit_scale.requires_grad_(False)
     for b in micro:
         inputs = feats(b)

@@ -3,7 +3,7 @@ import open_clip
 import torch
 
 import openclip_distill
-from openclip_distill.models.text_tower import adopt_teacher_text_tower
+from openclip_distill.models.text_tower import adopt_text_tower, text_tower_state_dict
 
 
 def test_configs_registered():
@@ -25,7 +25,7 @@ def test_dime_fm_students_share_vit_l14_text_tower():
 def test_adopt_teacher_text_tower_copies_and_freezes():
     teacher = open_clip.create_model("test-tiny-teacher")
     student = open_clip.create_model("test-tiny-student")
-    adopt_teacher_text_tower(student, teacher, "test-tiny-student", "test-tiny-teacher")
+    adopt_text_tower(student, text_tower_state_dict(teacher), "test-tiny-student", "test-tiny-teacher")
     tokens = open_clip.get_tokenizer("test-tiny-teacher")(["a red square", "a blue circle"])
     with torch.no_grad():
         torch.testing.assert_close(student.encode_text(tokens), teacher.encode_text(tokens))

@@ -7,7 +7,6 @@ one stored augmentation per image and epoch on the original image, so the studen
 view the cached teacher embedding was computed on, and no teacher forward runs.
 """
 from .build import build_cache, main as build_main, parse_build_args
-from .features import CachedDistillFeatures
 from .image_replay import get_cached_image_dataset, read_cache_shard
 from .layout import (FLAG, MANIFEST_NAME, TEXT_TOWER_NAME, cache_shard_stem, cache_view_seed, chosen_augmentation,
                      load_manifest, sample_uid)
@@ -17,7 +16,6 @@ from .text_tower import adopt_cached_text_tower, load_cached_text_tower
 
 __all__ = [
     "build_cache", "build_main", "parse_build_args",
-    "CachedDistillFeatures",
     "get_cached_image_dataset", "read_cache_shard",
     "FLAG", "MANIFEST_NAME", "TEXT_TOWER_NAME", "cache_shard_stem", "cache_view_seed", "chosen_augmentation",
     "load_manifest", "sample_uid",

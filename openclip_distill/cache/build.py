@@ -4,7 +4,7 @@ For every image of ``--train-images`` (identified by its source shard and ``__ke
 K = ``--cache-augmentations`` augmentations, the view parameters are drawn from
 ``cache_view_seed(seed, uid, k)`` with :func:`sample_view_params` and the teacher embeds
 ``apply_view(image, params, view_size)`` through the same path training uses
-(:class:`TeacherEncoder`). Params and embeddings are stored per source shard; every sentence of
+(the teacher's ``encode_image`` on views in [0, 1]). Params and embeddings are stored per source shard; every sentence of
 ``--train-texts`` is stored in corpus order with its teacher embedding; the teacher's text tower is
 saved beside them. Layout and manifest: :mod:`openclip_distill.cache.layout`.
 
@@ -40,13 +40,13 @@ from ..data.shard_paths import dataset_size, expand_patterns
 from ..data.text_corpus import _read_unit, get_text_stream
 from ..data.views import apply_view, sample_view_params
 from ..data.worker_errors import unwrap_worker_errors
+from ..checkpoint import atomic_torch_save
 from ..errors import DistillUsageError
+from ..teachers import IMAGE, TEXT, create_teacher
 from ..params import PRECISIONS
 from .layout import (CONFIG_FIELDS, CONFIG_NAME, DTYPES, FORMAT, IMAGES_DIR, MANIFEST_NAME, TEXT_TOWER_NAME,
                      TEXTS_DIR, VERSION, cache_shard_stem, cache_view_seed, read_json, sample_uid, source_id,
                      text_chunk_names, write_json_atomic)
-from .teacher_encoder import TeacherEncoder
-from .text_tower import save_text_tower
 
 _SHARD_EXAMPLE = "imgs/{00000..00099}.tar"
 BUILD_SKIP_REASONS = ("duplicate_key",)
@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m openclip_distill.cache", allow_abbrev=False,
         description="Precompute a frozen teacher's embeddings of K stored augmentations per image (and of every "
                     "sentence), for training with --teacher-cache DIR.")
-    p.add_argument("--distill-teacher", required=True, help="Teacher: any OpenCLIP model name.")
+    p.add_argument("--distill-teacher", required=True,
+                   help="Teacher: any OpenCLIP model name, or hf:<repo id or local dir> (a transformers CLIP-family "
+                        "model).")
     p.add_argument("--distill-teacher-pretrained", default=None,
                    help="Teacher weights: a pretrained tag or a local .pt/.safetensors (default: random init, "
                         "seeded by --seed like the trainer).")
@@ -313,7 +315,7 @@ def _remove_stale_temps(directory, prefixes):
                 pass
 
 
-def _build_images(args, encoder, jobs, counters):
+def _build_images(args, teacher, jobs, counters):
     # this process owns these shards: temp files of theirs are leftovers of a killed run
     _remove_stale_temps(os.path.join(args.out, IMAGES_DIR), [os.path.basename(j["tar"]) for j in jobs])
     todo = [j for j in jobs if not _job_done(j)]
@@ -336,7 +338,7 @@ def _build_images(args, encoder, jobs, counters):
         if not pending:
             return
         views = torch.cat([s["views"] for s in pending])
-        emb = torch.cat([encoder.images(views[i:i + args.batch_size]).cpu()
+        emb = torch.cat([teacher.encode_image(views[i:i + args.batch_size]).cpu()
                          for i in range(0, len(views), args.batch_size)])
         k = args.cache_augmentations
         for i, s in enumerate(pending):
@@ -383,10 +385,10 @@ def _chunk_done(out, n) -> bool:
     return os.path.isfile(os.path.join(out, TEXTS_DIR, npy)) and os.path.isfile(os.path.join(out, TEXTS_DIR, jsonl))
 
 
-def _write_chunk(args, encoder, n, sentences, dtype):
+def _write_chunk(args, teacher, n, sentences, dtype):
     directory = os.path.join(args.out, TEXTS_DIR)
     npy, jsonl = (os.path.join(directory, name) for name in text_chunk_names(n))
-    emb = torch.cat([encoder.texts(sentences[i:i + args.batch_size]).cpu()
+    emb = torch.cat([teacher.encode_text(sentences[i:i + args.batch_size]).cpu()
                      for i in range(0, len(sentences), args.batch_size)])
     tmp_jsonl, tmp_npy = f"{jsonl}.tmp{os.getpid()}", f"{npy}.tmp{os.getpid()}"
     with open(tmp_jsonl, "w", encoding="utf-8") as f:
@@ -397,7 +399,7 @@ def _write_chunk(args, encoder, n, sentences, dtype):
     os.replace(tmp_npy, npy)
 
 
-def _build_texts(args, encoder, units, counters):
+def _build_texts(args, teacher, units, counters):
     """Read the whole corpus in order (every process does, cheaply); embed this process's chunks.
     Returns the sentence count of every chunk."""
     chunk, sizes, written = [], [], 0
@@ -409,7 +411,7 @@ def _build_texts(args, encoder, units, counters):
         nonlocal written
         sizes.append(len(sentences))
         if mine(n) and not _chunk_done(args.out, n):
-            _write_chunk(args, encoder, n, sentences, dtype)
+            _write_chunk(args, teacher, n, sentences, dtype)
             written += 1
             progress.update(len(sentences))
 
@@ -452,7 +454,8 @@ def _finalize(args, config, jobs, chunk_sizes, text_counters) -> Optional[dict]:
     """Write the manifest if every image shard and text chunk exists (else return None)."""
     if not all(_job_done(j) for j in jobs) or not all(_chunk_done(args.out, n) for n in range(len(chunk_sizes))):
         return None
-    if not os.path.isfile(os.path.join(args.out, TEXT_TOWER_NAME)):
+    has_tower = os.path.isfile(os.path.join(args.out, TEXT_TOWER_NAME))
+    if config["teacher_kind"] == "open_clip" and not has_tower:
         return None
     shards, skipped = [], {}
     for j in jobs:
@@ -470,15 +473,13 @@ def _finalize(args, config, jobs, chunk_sizes, text_counters) -> Optional[dict]:
         image_shards=shards, num_images=sum(s["num_samples"] for s in shards), skipped_images=skipped,
         text_chunks=chunks, num_sentences=sum(chunk_sizes),
         skipped_texts={k: v for k, v in text_counters.snapshot().items() if v},
-        text_tower=TEXT_TOWER_NAME, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        text_tower=TEXT_TOWER_NAME if has_tower else None, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     write_json_atomic(os.path.join(args.out, MANIFEST_NAME), manifest)
     return manifest
 
 
 def build_cache(args) -> Optional[dict]:
     """Build (this process's part of) the cache; returns the manifest if the cache is complete."""
-    from ..models.teacher import create_frozen_model
-
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     precision = args.distill_teacher_precision or ("amp" if str(device).startswith("cuda") else "fp32")
     urls = expand_patterns(args.train_images, "--train-images", exts=(".tar",), example=_SHARD_EXAMPLE)
@@ -488,17 +489,20 @@ def build_cache(args) -> Optional[dict]:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     random.seed(args.seed)
-    teacher, _, tokenizer = create_frozen_model(args.distill_teacher, args.distill_teacher_pretrained,
-                                                device=device, precision=precision, cache_dir=args.cache_dir)
-    encoder = TeacherEncoder(teacher, tokenizer, device=device, precision=precision)
-    args.view_size = int(args.view_size or max(encoder.image_size))
-    embed_dim = int(encoder.images(torch.zeros(1, 3, args.view_size, args.view_size)).shape[-1])
+    teacher = create_teacher(args.distill_teacher, args.distill_teacher_pretrained, device=device,
+                             precision=precision, cache_dir=args.cache_dir)
+    missing = sorted({IMAGE, TEXT} - set(teacher.modalities))
+    if missing:
+        raise DistillUsageError(f"--distill-teacher: the cache stores image and sentence embeddings, but "
+                                f"{args.distill_teacher!r} has no {missing[0]} tower; train it live instead")
+    args.view_size = int(args.view_size or max(teacher.image_size))
+    tower = teacher.text_tower_state_dict()
 
     config = {
         "format": FORMAT, "version": VERSION, "teacher": args.distill_teacher,
         "teacher_pretrained": args.distill_teacher_pretrained, "teacher_precision": precision,
-        "teacher_image_size": list(encoder.image_size), "embed_dim": embed_dim,
-        "logit_scale": encoder.logit_scale(), "logit_bias": encoder.logit_bias(),
+        "teacher_image_size": list(teacher.image_size), "embed_dim": int(teacher.embed_dim),
+        "logit_scale": float(teacher.logit_scale), "logit_bias": teacher.logit_bias, "teacher_kind": teacher.kind,
         "view_size": args.view_size, "augmentations": args.cache_augmentations, "seed": args.seed,
         "aug_scale": args.aug["scale"], "aug_ratio": args.aug["ratio"], "aug_hflip": args.aug["hflip"],
         "dtype": args.cache_dtype, "text_key": args.text_key, "text_chunk_size": args.text_chunk_size,
@@ -507,8 +511,8 @@ def build_cache(args) -> Optional[dict]:
     for sub in (IMAGES_DIR, TEXTS_DIR):
         os.makedirs(os.path.join(args.out, sub), exist_ok=True)
     _check_config(args.out, config)
-    if not os.path.isfile(os.path.join(args.out, TEXT_TOWER_NAME)):
-        save_text_tower(teacher, os.path.join(args.out, TEXT_TOWER_NAME))
+    if tower is not None and not os.path.isfile(os.path.join(args.out, TEXT_TOWER_NAME)):
+        atomic_torch_save(tower, os.path.join(args.out, TEXT_TOWER_NAME))
 
     jobs = _image_jobs(args.out, urls)
     mine = jobs[args.shard_index::args.num_shards]
@@ -516,9 +520,9 @@ def build_cache(args) -> Optional[dict]:
                  f"{len(jobs)} image shard(s), K={args.cache_augmentations}, view {args.view_size} px, "
                  f"teacher {args.distill_teacher} ({precision}) on {device}")
     image_counters = SkipCounters(reasons=BUILD_SKIP_REASONS)
-    _build_images(args, encoder, mine, image_counters)
+    _build_images(args, teacher, mine, image_counters)
     text_counters = SkipCounters()
-    chunk_sizes = _build_texts(args, encoder, units, text_counters)
+    chunk_sizes = _build_texts(args, teacher, units, text_counters)
     manifest = _finalize(args, config, jobs, chunk_sizes, text_counters)
     if manifest is None:
         logging.info("this process is done; other processes still have parts to build (the last one to finish "

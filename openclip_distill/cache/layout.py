@@ -5,7 +5,8 @@
     DIR/
       config.json                 build settings (written first; a rerun must use the same ones)
       manifest.json               written last, once every part below exists: the cache is complete
-      teacher_text_tower.pt       the teacher's text tower + logit_scale/logit_bias (weights_only)
+      teacher_text_tower.pt       the teacher's text tower + logit_scale/logit_bias (weights_only;
+                                  OpenCLIP teachers only)
       images/<stem>-<hash8>.tar   one webdataset shard per source image shard, a sample per image:
                                       __key__     the image's __key__ in its source shard
                                       views.npy   int32 [K, 5]  (top, left, crop_h, crop_w, flip)
@@ -22,7 +23,7 @@ is renamed before its ``.tar`` / ``.npy``, so the latter is the commit point.
 The manifest (``load_manifest``) holds the build settings plus what was built::
 
     format, version, teacher, teacher_pretrained, teacher_precision, teacher_image_size, embed_dim,
-    logit_scale (exp'd, as DistillFeatures' dist_logit_scale), logit_bias (or null), view_size,
+    logit_scale (exp'd, as the loss's dist_logit_scale), logit_bias (or null), view_size,
     augmentations (K), seed, aug_scale, aug_ratio, aug_hflip, dtype, text_key, text_chunk_size,
     source_shards [urls], text_files [paths],
     image_shards [{"cache", "source", "num_samples", "skipped"}], num_images, skipped_images,
@@ -146,7 +147,7 @@ def load_manifest(directory: str, check_files: bool = True) -> dict:
         raise DistillUsageError(f"{FLAG}: {directory!r} has cache format version {manifest.get('version')}, this "
                                 f"openclip_distill reads version {VERSION}; rebuild the cache")
     if check_files:
-        needed = [os.path.join(directory, TEXT_TOWER_NAME)]
+        needed = [os.path.join(directory, manifest["text_tower"])] if manifest.get("text_tower") else []
         needed += [os.path.join(directory, s["cache"]) for s in manifest.get("image_shards", [])]
         for c in manifest.get("text_chunks", []):
             needed += [os.path.join(directory, c["embeddings"]), os.path.join(directory, c["sentences"])]

@@ -7,10 +7,10 @@ the teacher's features, so training never runs the teacher::
      "text": list[str], "dist_image_features": [B, D] float32, "dist_text_features": [T, D] float32}
 
 The loader's ``logit_scale`` / ``logit_bias`` are the teacher's (``dist_logit_scale`` /
-``dist_logit_bias``: exp'd scale, as ``DistillFeatures.teacher_features`` returns them).
+``dist_logit_bias``: exp'd scale, as a live teacher's targets are).
 """
 import logging
-from typing import Iterator, Optional
+from typing import Optional
 
 from ..data.counters import SkipCounters
 from ..data.unpaired import UnpairedLoader
@@ -41,14 +41,8 @@ class CachedUnpairedLoader(UnpairedLoader):
         bias = self.manifest.get("logit_bias")
         return None if bias is None else float(bias)
 
-    def __iter__(self) -> Iterator[dict]:
-        texts = iter(self.text_stream)
-        for batch in self.image_data.dataloader:
-            out = dict(batch)
-            sentences = next(texts)
-            out["text"] = sentences["text"]
-            out["dist_text_features"] = sentences["emb"]
-            yield out
+    def _text_batch(self, batch) -> dict:
+        return {"text": batch["text"], "dist_text_features": batch["emb"]}
 
 
 def check_cache_matches(manifest: dict, directory: str, view_size: int, teacher: Optional[str] = None) -> None:

@@ -18,6 +18,7 @@ from torch.utils.data import IterableDataset
 
 from ..data.seeding import derive_seed, worker_id_and_count
 from ..data.shuffle_buffer import buffer_shuffle
+from ..data.stream_share import stream_share, warn_empty_share
 from ..data.text_corpus import INTERLEAVE, SMALL_CORPUS, TextStream, _interleave
 from ..errors import DistillUsageError
 from .layout import FLAG
@@ -55,18 +56,16 @@ class CachedSentenceStream(IterableDataset):
             yield texts[i], emb[i]
 
     def _sentences(self, epoch: int, stream: int, num_streams: int) -> Iterator[tuple]:
-        pass_idx = 0
+        pass_idx, split = 0, True
         while True:
             order = list(range(len(self.chunks)))
             random.Random(derive_seed("cached-text-units", self.seed, epoch, pass_idx)).shuffle(order)
-            if num_streams > 1 and len(order) >= num_streams:
-                mine, stride, offset = order[stream::num_streams], 1, 0
-            else:
-                mine, stride, offset = order, num_streams, stream
+            mine, stride, offset = stream_share(order, stream, num_streams if split else 1)
             share = sum(-(-max(0, self.chunks[i][2] - offset) // stride) for i in mine)
-            if share == 0:
-                raise DistillUsageError(f"{FLAG}: text stream {stream}/{num_streams} got no sentence from the cache "
-                                        f"({sum(c[2] for c in self.chunks)} sentences); use fewer text workers")
+            if share == 0 and split:  # a tiny cache: this stream reads all of it (as the live stream does)
+                warn_empty_share(FLAG, stream, num_streams)
+                split = False
+                continue
             # a share that fits in memory is read once and kept (no re-reading per pass)
             memo = self._memo if share <= max(self.shuffle_buffer, SMALL_CORPUS) else None
             rng = random.Random(derive_seed("cached-text-interleave", self.seed, epoch, stream, num_streams, pass_idx))

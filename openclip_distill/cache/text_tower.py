@@ -1,36 +1,21 @@
 """The teacher's text tower stored beside the cache, so a ``--student-text-tower teacher`` student
-can adopt it without instantiating the teacher."""
+can adopt it without instantiating the teacher (OpenCLIP teachers only: others have no such tower)."""
 import os
 from typing import Dict
 
 import torch
 
 from ..errors import DistillUsageError
-from ..models.text_tower import adopt_teacher_text_tower, text_tower_keys
+from ..models.text_tower import adopt_text_tower
 from .layout import FLAG, TEXT_TOWER_NAME
-
-SCALE_KEYS = ("logit_scale", "logit_bias")
-
-
-def text_tower_state_dict(teacher) -> Dict[str, torch.Tensor]:
-    """``text_tower_keys(teacher)`` + logit_scale/logit_bias, detached CPU copies."""
-    sd = teacher.state_dict()
-    keys = list(text_tower_keys(teacher)) + [k for k in SCALE_KEYS if k in sd]
-    return {k: sd[k].detach().to("cpu").clone().contiguous() for k in keys}
-
-
-def save_text_tower(teacher, path: str) -> None:
-    """Write the text tower atomically (temp name, then rename)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(text_tower_state_dict(teacher), tmp)
-    os.replace(tmp, path)
 
 
 def load_cached_text_tower(directory: str) -> Dict[str, torch.Tensor]:
     """The teacher's text-tower state dict of a cache (``torch.load(weights_only=True)``)."""
     path = os.path.join(str(directory), TEXT_TOWER_NAME)
     if not os.path.isfile(path):
-        raise DistillUsageError(f"{FLAG}: {path!r} is missing; rebuild or finish the cache with "
+        raise DistillUsageError(f"{FLAG}: {path!r} is missing (the cache's teacher is not an OpenCLIP model, or the "
+                                f"cache is unfinished); use --student-text-tower train, or finish the cache with "
                                 f"'python -m openclip_distill.cache --out {directory} ...'")
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
@@ -41,22 +26,11 @@ def load_cached_text_tower(directory: str) -> Dict[str, torch.Tensor]:
     return sd
 
 
-class _StateDictOnly:
-    """Just enough of a model for ``adopt_teacher_text_tower``: its ``state_dict()``."""
-
-    def __init__(self, sd):
-        self._sd = sd
-
-    def state_dict(self):
-        return self._sd
-
-
 def adopt_cached_text_tower(student, directory: str, student_name: str, teacher_name: str = "") -> int:
-    """Like :func:`openclip_distill.models.text_tower.adopt_teacher_text_tower`, from the cache's
-    ``teacher_text_tower.pt``: copies the text tower + logit scale into ``student`` and freezes them.
-    Returns the number of copied text-tower tensors."""
+    """:func:`openclip_distill.models.text_tower.adopt_text_tower` from the cache's ``teacher_text_tower.pt``:
+    copies the text tower + logit scale into ``student`` and freezes them. Returns the number of copied tensors."""
     sd = load_cached_text_tower(directory)
     if not teacher_name:
         from .layout import load_manifest
         teacher_name = load_manifest(directory, check_files=False).get("teacher", "the cached teacher")
-    return adopt_teacher_text_tower(student, _StateDictOnly(sd), student_name, teacher_name)
+    return adopt_text_tower(student, sd, student_name, teacher_name)

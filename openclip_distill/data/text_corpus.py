@@ -27,7 +27,6 @@ share kept in memory. Unreadable files count as ``bad_shard``.
 """
 import gzip
 import json
-import logging
 import os
 import random
 import re
@@ -42,6 +41,7 @@ from .counters import SkipCounters
 from .seeding import derive_seed, worker_id_and_count
 from .shard_paths import expand_patterns, is_remote
 from .shuffle_buffer import buffer_shuffle
+from .stream_share import stream_share, warn_empty_share
 from .worker_errors import unwrap_worker_errors
 
 FLAG = "--train-texts"
@@ -205,12 +205,7 @@ class SentenceStream(IterableDataset):
         while True:
             order = list(range(len(self.units)))
             random.Random(derive_seed("text-units", self.seed, epoch, pass_idx)).shuffle(order)
-            if split and len(order) >= num_streams:
-                mine, stride, offset = order[stream::num_streams], 1, 0
-            elif split:
-                mine, stride, offset = order, num_streams, stream
-            else:
-                mine, stride, offset = order, 1, 0
+            mine, stride, offset = stream_share(order, stream, num_streams if split else 1)
             rng = random.Random(derive_seed("text-interleave", self.seed, epoch, stream, num_streams, pass_idx))
             readers = (_read_unit(self.units[i], self.text_key, stride, offset, self.counters) for i in mine)
             count, cache = 0, []
@@ -231,10 +226,8 @@ class SentenceStream(IterableDataset):
                                               pass_idx)).shuffle(cache)
                     yield from cache
             if count == 0:
-                if split:
-                    # this stream's share holds no sentence (tiny corpus): read the whole corpus instead
-                    logging.warning("%s: text stream %d/%d got no sentence from its share of the corpus; "
-                                    "it reads the whole corpus instead", FLAG, stream, num_streams)
+                if split:  # this stream's share holds no sentence (tiny corpus): read the whole corpus instead
+                    warn_empty_share(FLAG, stream, num_streams)
                     split = False
                     continue
                 raise DistillUsageError(f"{FLAG}: a full pass over the corpus found no sentence "

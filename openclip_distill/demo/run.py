@@ -167,6 +167,23 @@ def evaluate_checkpoint(model_name: str, checkpoint: str, eval_dir: str, *, devi
     return res
 
 
+def evaluate_teacher_checkpoint(model_name: str, checkpoint: str, eval_dir: str, *, device: str = "cpu",
+                                speed_batch: int = 256, speed_iters: int = 10) -> Dict[str, float]:
+    """The teacher's row, through the teacher interface (its own input size, normalisation and tokenizer)."""
+    from ..eval import count_params, evaluate_teacher, load_eval_set
+    from ..eval.throughput import measure_encode_per_s
+    from ..teachers import create_teacher
+
+    teacher = create_teacher(model_name, checkpoint, device=device)
+    res = evaluate_teacher(teacher, load_eval_set(eval_dir))
+    res["params"] = teacher.num_params()
+    res["params_visual"] = count_params(teacher.model, "visual")
+    views = torch.rand(speed_batch, 3, *teacher.image_size, device=device)
+    res["images_per_s"] = measure_encode_per_s(teacher.encode_image, views, iters=speed_iters)
+    res["checkpoint"] = os.path.abspath(checkpoint)
+    return res
+
+
 def format_table(results: Dict[str, Dict[str, float]]) -> str:
     cols = [("zeroshot_top1", "zero-shot top-1", True), ("zeroshot_top5", "top-5", True),
             ("i2t_r1", "I->T R@1", True), ("t2i_r1", "T->I R@1", True),
@@ -251,7 +268,7 @@ def run_demo(logs: str = "./logs", name: Optional[str] = None, workers: int = 1,
     log.info("[demo 2/5] teacher ready in %.1f s: %s", timings["teacher_s"], teacher_path)
 
     # 3. student: DIME-FM from unpaired images + sentences, through our own CLI ----------------
-    from ..main import main as distill_main
+    from ..distill import distill as distill_main
 
     t0 = time.time()
     teacher_cache = None
@@ -297,11 +314,11 @@ def run_demo(logs: str = "./logs", name: Optional[str] = None, workers: int = 1,
     log.info("[demo 5/5] evaluating on %s (%d images, %d classes)", corpus["eval_dir"],
              corpus["eval_count"], corpus["num_classes"])
     results = {}
-    for who, model_name, ckpt in (("teacher", TEACHER_MODEL, teacher_path),
-                                  ("student", STUDENT_MODEL, student_ckpt),
-                                  ("baseline", STUDENT_MODEL, baseline_ckpt)):
-        results[who] = evaluate_checkpoint(model_name, ckpt, corpus["eval_dir"],
-                                           speed_batch=cfg["speed_batch"], speed_iters=cfg["speed_iters"])
+    for who, model_name, ckpt, evaluate in (("teacher", TEACHER_MODEL, teacher_path, evaluate_teacher_checkpoint),
+                                            ("student", STUDENT_MODEL, student_ckpt, evaluate_checkpoint),
+                                            ("baseline", STUDENT_MODEL, baseline_ckpt, evaluate_checkpoint)):
+        results[who] = evaluate(model_name, ckpt, corpus["eval_dir"], speed_batch=cfg["speed_batch"],
+                                speed_iters=cfg["speed_iters"])
         results[who]["model"] = model_name
     timings["eval_s"] = time.time() - t0
     t, s, b = results["teacher"], results["student"], results["baseline"]

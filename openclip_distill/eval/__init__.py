@@ -8,13 +8,14 @@ CLI: ``python -m openclip_distill.eval --model NAME --pretrained PATH_OR_TAG --e
 The on-disk format of ``--eval-data`` is documented in :mod:`openclip_distill.eval.eval_set`.
 """
 from .eval_set import DEFAULT_TEMPLATES, EvalSet, load_eval_set
-from .evaluate import evaluate_model, unwrap_model
+from .evaluate import evaluate_encoders, evaluate_model, evaluate_teacher, unwrap_model
 from .retrieval import retrieval_recall
 from .throughput import count_params, measure_images_per_s
 from .zero_shot import class_embeddings, true_class_rank, zero_shot_accuracy
 
 __all__ = [
-    "EvalSet", "load_eval_set", "DEFAULT_TEMPLATES", "evaluate_model", "unwrap_model",
+    "EvalSet", "load_eval_set", "DEFAULT_TEMPLATES", "evaluate_model", "evaluate_teacher", "evaluate_encoders",
+    "unwrap_model",
     "zero_shot_accuracy", "true_class_rank", "class_embeddings", "retrieval_recall",
     "count_params", "measure_images_per_s",
 ]

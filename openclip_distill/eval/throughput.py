@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
@@ -25,6 +25,22 @@ def count_params(model, part: Optional[str] = None) -> int:
 
 
 @torch.no_grad()
+def measure_encode_per_s(encode: Callable, x: torch.Tensor, iters: int = 10, warmup: int = 2) -> float:
+    """Throughput (inputs/s) of ``encode(x)``: ``warmup`` untimed calls, then ``iters`` timed ones
+    (CUDA is synchronised around the timed region)."""
+    for _ in range(max(0, warmup)):
+        encode(x)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    t0 = time.perf_counter()
+    for _ in range(max(1, iters)):
+        encode(x)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    return x.shape[0] * max(1, iters) / (time.perf_counter() - t0)
+
+
+@torch.no_grad()
 def measure_images_per_s(model, image_size: Union[int, Sequence[int]], device: Union[str, torch.device] = "cpu",
                          batch_size: int = 64, iters: int = 10, warmup: int = 2) -> float:
     """Image-encoder inference throughput (images/s) on random input: ``warmup`` untimed batches,
@@ -42,16 +58,6 @@ def measure_images_per_s(model, image_size: Union[int, Sequence[int]], device: U
         dtype = torch.float32
     x = torch.randn(batch_size, 3, h, w, device=dev, dtype=dtype)
     try:
-        for _ in range(max(0, warmup)):
-            model.encode_image(x)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t0 = time.perf_counter()
-        for _ in range(max(1, iters)):
-            model.encode_image(x)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        dt = time.perf_counter() - t0
+        return measure_encode_per_s(model.encode_image, x, iters=iters, warmup=warmup)
     finally:
         model.train(was_training)
-    return batch_size * max(1, iters) / dt

@@ -43,28 +43,18 @@ def zero_shot_accuracy(logits: torch.Tensor, labels: torch.Tensor,
 
 
 @torch.no_grad()
-def class_embeddings(model, tokenizer: Callable, classnames: Sequence[str], templates: Sequence[str],
-                     device: Union[str, torch.device] = "cpu", batch_size: int = 256,
-                     autocast: Callable = None) -> torch.Tensor:
-    """(C, D) fp32 unit-norm class embeddings: mean of the normalised prompt embeddings of every
-    template (``{c}`` replaced by the class name), normalised again (as OpenCLIP does)."""
-    prompts = [t.replace("{c}", c) for c in classnames for t in templates]
-    feats = encode_texts(model, tokenizer, prompts, device, batch_size, autocast)
-    feats = feats.view(len(classnames), len(templates), -1).mean(1)
-    return F.normalize(feats, dim=-1)
+def embed_texts(encode_texts: Callable, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """(N, D) fp32 unit-norm embeddings of ``texts``; ``encode_texts``: ``list[str]`` -> ``[n, D]``, called in batches."""
+    out = [F.normalize(encode_texts(list(texts[i:i + batch_size])).float(), dim=-1)
+           for i in range(0, len(texts), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0)
 
 
 @torch.no_grad()
-def encode_texts(model, tokenizer: Callable, texts: Sequence[str], device="cpu", batch_size: int = 256,
-                 autocast: Callable = None) -> torch.Tensor:
-    """(N, D) fp32 unit-norm text embeddings, encoded in batches."""
-    import contextlib
-
-    ctx = autocast if autocast is not None else contextlib.nullcontext
-    out = []
-    for i in range(0, len(texts), batch_size):
-        tokens = tokenizer(list(texts[i:i + batch_size])).to(device)
-        with ctx():
-            f = model.encode_text(tokens)
-        out.append(F.normalize(f.float(), dim=-1))
-    return torch.cat(out) if out else torch.zeros(0)
+def class_embeddings(encode_texts: Callable, classnames: Sequence[str], templates: Sequence[str],
+                     batch_size: int = 256) -> torch.Tensor:
+    """(C, D) fp32 unit-norm class embeddings: mean of the normalised prompt embeddings of every
+    template (``{c}`` replaced by the class name), normalised again (as OpenCLIP does)."""
+    prompts = [t.replace("{c}", c) for c in classnames for t in templates]
+    feats = embed_texts(encode_texts, prompts, batch_size)
+    return F.normalize(feats.view(len(classnames), len(templates), -1).mean(1), dim=-1)

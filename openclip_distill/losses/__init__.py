@@ -1,3 +1,4 @@
 """Distillation losses, registered by name (``list_losses()``)."""
 from .dime_fm import DimeFMLoss
 from .clip_distill import ClipDistillLoss
+from .feature import FeatureDistillLoss

@@ -1,0 +1,153 @@
+"""One distillation run from parsed flags: the teacher (or its cache), the student, the loss and the
+task that joins them, the engine, the data, then the epochs with evaluation and checkpoints.
+
+``run(args)`` is what ``python -m openclip_distill.main`` runs; ``distill(argv)`` parses flags and
+runs, turning bad input into one-line errors and an exit status (used by the demos).
+"""
+import logging
+import os
+import random
+import sys
+from datetime import datetime
+
+import numpy as np
+import torch
+from open_clip_train.distributed import broadcast_object, init_distributed_device, is_master
+from open_clip_train.logger import setup_logging
+
+from . import registry
+from .checkpoint import find_latest_checkpoint
+from .engine import create_engine
+from .errors import DistillUsageError, NonFiniteLossError
+from .optim import create_scheduler
+from .params import parse_args, validate_args
+from .task import loss_modalities
+from .task_factory import build_run_parts
+from .train import train_one_epoch
+from .training_data import build_train_data, build_eval, run_eval
+
+
+def random_seed(seed=42, rank=0):
+    torch.manual_seed(seed + rank)
+    np.random.seed(seed + rank)
+    random.seed(seed + rank)
+
+
+_LOG_HANDLERS = []
+
+
+def _setup_logging(log_path, level):
+    """OpenCLIP's ``setup_logging``, made safe to call again in the same process (tests, the demo)."""
+    for h in _LOG_HANDLERS:
+        logging.root.removeHandler(h)
+        h.close()
+    before = set(logging.root.handlers)
+    setup_logging(log_path, level)
+    _LOG_HANDLERS[:] = [h for h in logging.root.handlers if h not in before]
+    for name in list(logging.root.manager.loggerDict):  # keep library internals quiet
+        if name.startswith(("torch", "urllib3", "filelock", "PIL", "matplotlib", "httpx", "huggingface_hub")):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _experiment_dirs(args):
+    """Name the run, create ``<logs>/<name>/checkpoints`` and resolve ``--resume latest``."""
+    if args.name is None:
+        date_str = datetime.now().strftime("%Y_%m_%d-%H_%M_%S")
+        if args.distributed:
+            date_str = broadcast_object(args, date_str)
+        args.name = "-".join([date_str, f"distill_{args.distill_teacher.replace('/', '-')}",
+                              f"model_{args.model.replace('/', '-')}", f"lr_{args.lr}", f"b_{args.batch_size}"])
+    resume_latest = args.resume == "latest"
+    log_base = os.path.join(args.logs, args.name)
+    args.log_path = None
+    args.checkpoint_path = os.path.join(log_base, "checkpoints")
+    if is_master(args, local=args.log_local):
+        os.makedirs(log_base, exist_ok=True)
+        args.log_path = os.path.join(log_base, f"out-{args.rank}" if args.log_local else "out.log")
+        if os.path.exists(args.log_path) and not resume_latest:
+            raise DistillUsageError(f"--name: experiment {log_base} already exists; choose a new --name or pass "
+                                    f"--resume latest to continue it")
+    if is_master(args):
+        os.makedirs(args.checkpoint_path, exist_ok=True)
+    if resume_latest:
+        found = find_latest_checkpoint(args.checkpoint_path) if is_master(args) else None
+        if args.distributed:
+            found = broadcast_object(args, found)
+        args.resume = found
+
+
+def run(args) -> int:
+    loss_cls = registry.get_loss_class(args.distill_loss)
+    manifest = None
+    if args.teacher_cache:
+        from .cache import load_manifest
+        manifest = load_manifest(args.teacher_cache)
+        args.distill_teacher = args.distill_teacher or manifest["teacher"]
+    # the loss, built once from the flags alone: bad kwargs and the data it needs fail before any model loads
+    probe = registry.create_distill_loss(args.distill_loss, **dict(args.distill_loss_kwargs))
+    validate_args(args, loss_cls, loss_modalities(probe))
+    device = init_distributed_device(args)
+    _experiment_dirs(args)
+    args.log_level = logging.DEBUG if args.debug else logging.INFO
+    _setup_logging(args.log_path, args.log_level)
+    args.save_logs = bool(args.logs) and args.logs.lower() != "none" and is_master(args)
+
+    random_seed(args.seed, 0)
+    parts = build_run_parts(args, device, manifest)
+    random_seed(args.seed, args.rank)
+    if is_master(args):
+        with open(os.path.join(args.logs, args.name, "params.txt"), "w") as f:
+            for name in sorted(vars(args)):
+                f.write(f"{name}: {getattr(args, name)}\n")
+    engine = create_engine(parts.student, args, device, loss=parts.loss)
+    parts.task.student.model = engine.model
+
+    start_epoch, state = 0, {"step": 0, "nonfinite_streak": 0}
+    if args.resume:
+        start_epoch, state["step"] = engine.resume(args.resume)
+
+    train_data, counters = build_train_data(args, parts, start_epoch)
+    scheduler = create_scheduler(engine.optimizer, args, train_data.num_batches // args.accum_freq)
+    evaluator = build_eval(args, parts.preprocess_val, parts.tokenizer)
+    writer = None
+    if args.save_logs and ("tensorboard" in args.report_to or "all" in args.report_to):
+        import torch.utils.tensorboard as tensorboard
+        writer = tensorboard.SummaryWriter(os.path.join(args.logs, args.name, "tensorboard"))
+
+    for epoch in range(start_epoch, args.epochs):
+        if is_master(args):
+            logging.info(f"Start epoch {epoch}")
+        train_one_epoch(engine, parts.task, parts.loss, train_data, epoch, scheduler, args, state,
+                        counters=counters, tb_writer=writer)
+        completed = epoch + 1
+        if evaluator is not None and (completed == args.epochs or (
+                args.zeroshot_frequency > 0 and completed % args.zeroshot_frequency == 0)):
+            run_eval(evaluator, engine.eval_model(), completed, args, writer)
+        engine.save(completed, state["step"], final=completed == args.epochs)
+        if args.distributed:
+            torch.distributed.barrier()
+    if start_epoch >= args.epochs:
+        logging.info(f"Nothing to do: the run already completed {args.epochs} epochs")
+    return 0
+
+
+def exit_status_of(fn, *a) -> int:
+    """Call ``fn(*a)``; bad input becomes ``error: <one line>`` on stderr and exit status 2, a run
+    stopped by non-finite losses exit status 3, Ctrl-C 130. Returns ``fn``'s status otherwise."""
+    try:
+        return fn(*a)
+    except DistillUsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return DistillUsageError.exit_code
+    except NonFiniteLossError as e:
+        logging.error(str(e))
+        print(f"error: {e}", file=sys.stderr)
+        return NonFiniteLossError.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: the last checkpoint is intact; continue with --resume latest", file=sys.stderr)
+        return 130
+
+
+def distill(argv) -> int:
+    """Parse ``argv`` (the CLI's training flags) and run; returns the exit status."""
+    return exit_status_of(lambda: run(parse_args(list(argv))))

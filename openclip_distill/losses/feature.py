@@ -1,0 +1,102 @@
+"""Feature distillation: the student's embeddings regress onto the teacher's (DC-CLIP's first stage).
+
+Per modality m in {image, text}, with ``n(x)`` the row-wise L2 normalisation (``normalize=True``),
+``A_m`` a learned linear adapter from the student's embedding width to the teacher's (initialised to
+the identity when the widths are equal) and ``d`` the distance:
+
+    L_m = d(A_m(n(f_s)), n(f_t))        L = w_image * L_image + w_text * L_text
+
+    d = smooth_l1:  mean over rows and dimensions of SmoothL1(x - y; beta)    (DC-CLIP's choice)
+        mse:        mean over rows and dimensions of (x - y)^2
+        cosine:     mean over rows of 1 - cos(x, y)
+
+The adapters train with the student and are saved in training checkpoints (``loss_state_dict``),
+never in the exported student. A zero weight drops that modality from the data too: with
+``image_weight=0`` the run needs sentences only (``--train-texts``), with ``text_weight=0`` images only.
+"""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import DistillUsageError
+from ..registry import register_loss
+
+DISTANCES = ("smooth_l1", "mse", "cosine")
+
+
+def feature_distance(x: torch.Tensor, y: torch.Tensor, distance: str, beta: float = 1.0) -> torch.Tensor:
+    """The mean distance between rows of ``x`` and ``y`` (see the module docstring)."""
+    if distance == "smooth_l1":
+        return F.smooth_l1_loss(x, y, beta=beta)
+    if distance == "mse":
+        return F.mse_loss(x, y)
+    if distance == "cosine":
+        return (1.0 - F.cosine_similarity(x, y, dim=-1)).mean()
+    raise ValueError(f"unknown distance {distance!r}; choose one of {', '.join(DISTANCES)}")
+
+
+def make_adapter(student_dim: int, teacher_dim: int) -> nn.Linear:
+    """A linear map from the student's width to the teacher's; the identity when they are equal."""
+    adapter = nn.Linear(int(student_dim), int(teacher_dim))
+    if student_dim == teacher_dim:
+        with torch.no_grad():
+            adapter.weight.copy_(torch.eye(int(teacher_dim)))
+            adapter.bias.zero_()
+    return adapter
+
+
+@register_loss("feature")
+class FeatureDistillLoss(nn.Module):
+    """``d(A(f_s), f_t)`` per modality with learned adapters; sentence-only or image-only runs allowed."""
+
+    requires_paired_data = False
+
+    def __init__(self, image_weight=1.0, text_weight=1.0, distance="smooth_l1", normalize=True, beta=1.0,
+                 student_embed_dim: Optional[int] = None, teacher_embed_dim: Optional[int] = None, impl="auto"):
+        super().__init__()
+        self.image_weight, self.text_weight = float(image_weight), float(text_weight)
+        if distance not in DISTANCES:
+            raise DistillUsageError(f"--distill-loss-kwargs: distance={distance!r} is not one of "
+                                    f"{', '.join(DISTANCES)}")
+        if not self.image_weight and not self.text_weight:
+            raise DistillUsageError("--distill-loss-kwargs: feature needs image_weight or text_weight > 0")
+        self.distance, self.normalize, self.beta = distance, bool(normalize), float(beta)
+        self.impl = impl  # no similarity matrix here; accepted like every loss
+        s_dim = student_embed_dim or teacher_embed_dim
+        t_dim = teacher_embed_dim or student_embed_dim
+        self.image_adapter = make_adapter(s_dim, t_dim) if (s_dim and self.image_weight) else None
+        self.text_adapter = make_adapter(s_dim, t_dim) if (s_dim and self.text_weight) else None
+
+    @property
+    def modalities(self) -> frozenset:
+        return frozenset(m for m, w in (("image", self.image_weight), ("text", self.text_weight)) if w)
+
+    def _term(self, student, teacher, adapter, name):
+        if student is None:
+            raise DistillUsageError(
+                f"--distill-loss feature: {name}_weight > 0 needs the student's own {name} features; "
+                + ("use --student-text-tower train" if name == "text" else "pass --train-images"))
+        if self.normalize:
+            student, teacher = F.normalize(student, dim=-1), F.normalize(teacher, dim=-1)
+        # fp32 at least (bf16/fp16 features under autocast), or the adapter's own dtype
+        x = adapter(student.to(adapter.weight.dtype)) if adapter is not None else student.float()
+        if x.shape[-1] != teacher.shape[-1]:
+            raise DistillUsageError(
+                f"--distill-loss feature: student {name} features have {x.shape[-1]} dims, the teacher's "
+                f"{teacher.shape[-1]}; build the loss with student_embed_dim/teacher_embed_dim (the CLI does)")
+        return feature_distance(x, teacher.detach().to(x.dtype), self.distance, self.beta)
+
+    def forward(self, image_features=None, text_features=None, dist_image_features=None, dist_text_features=None,
+                output_dict=False):
+        out = {}
+        if self.image_weight:
+            out["image_loss"] = self.image_weight * self._term(image_features, dist_image_features,
+                                                               self.image_adapter, "image")
+        if self.text_weight:
+            out["text_loss"] = self.text_weight * self._term(text_features, dist_text_features,
+                                                             self.text_adapter, "text")
+        if output_dict:
+            return out
+        return sum(out.values())
