@@ -11,23 +11,10 @@ import re
 
 import torch
 
+from .atomic_files import atomic_torch_save
 from .errors import DistillUsageError
 
 LATEST_CHECKPOINT_NAME = "epoch_latest.pt"
-
-
-def atomic_torch_save(obj, path: str) -> None:
-    """Write to a temporary name in the same folder, fsync, then rename over ``path``."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def build_checkpoint(state_dict, optimizer_state, scaler_state, *, epoch: int, step: int, name: str,

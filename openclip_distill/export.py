@@ -16,7 +16,8 @@ import sys
 import open_clip
 
 import openclip_distill  # noqa: F401 (registers the student configs)
-from .checkpoint import atomic_torch_save, load_checkpoint, strip_module_prefix
+from .atomic_files import atomic_torch_save
+from .checkpoint import load_checkpoint, strip_module_prefix
 from .errors import DistillUsageError
 
 

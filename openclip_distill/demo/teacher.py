@@ -27,6 +27,8 @@ from typing import Dict, Optional, Union
 
 import torch
 
+from ..atomic_files import atomic_torch_save
+
 ASSET_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "demo-teacher.pt")
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "openclip_distill", "demo")
 TEACHER_MODEL = "demo-teacher"
@@ -99,9 +101,7 @@ def export_state_dict(checkpoint: str, out_path: str, fp16: bool = True) -> str:
     if fp16:
         sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    tmp = out_path + ".tmp"
-    torch.save(sd, tmp)
-    os.replace(tmp, out_path)
+    atomic_torch_save(sd, out_path)
     return out_path
 
 
