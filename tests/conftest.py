@@ -3,10 +3,11 @@ import io
 import json
 import os
 import random
-import tarfile
 
 import pytest
 from PIL import Image, ImageDraw
+
+from openclip_distill.data.tar_writer import write_tar_shard
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 80, 220), "yellow": (230, 220, 40)}
 SHAPES = ("square", "circle")
@@ -29,15 +30,7 @@ def _png(img):
 
 def write_tar(path, samples):
     """samples: list of dicts {"__key__": str, ext: bytes|str}."""
-    with tarfile.open(path, "w") as tar:
-        for s in samples:
-            for ext, val in s.items():
-                if ext == "__key__":
-                    continue
-                data = val.encode() if isinstance(val, str) else val
-                info = tarfile.TarInfo(f"{s['__key__']}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+    write_tar_shard(path, samples)
 
 
 def make_corpus(root, n_images=48, n_shards=3, seed=0):

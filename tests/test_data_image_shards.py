@@ -8,7 +8,7 @@ from PIL import Image
 
 from openclip_distill.data.counters import SkipCounters
 from openclip_distill.data.image_shards import get_image_dataset, get_paired_dataset
-from openclip_distill.data.toy_data import write_image_shards
+from toy_data import write_image_shards
 from openclip_distill.data.views import apply_view, sample_view_params, view_seed
 from openclip_distill.errors import DistillUsageError
 

@@ -10,7 +10,7 @@ import pytest
 from openclip_distill.data import text_corpus
 from openclip_distill.data.counters import SkipCounters
 from openclip_distill.data.text_corpus import get_text_stream
-from openclip_distill.data.toy_data import write_text_file
+from toy_data import write_text_file
 from openclip_distill.errors import DistillUsageError
 
 

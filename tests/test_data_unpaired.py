@@ -8,7 +8,7 @@ import torch
 from openclip_distill.data.counters import SkipCounters
 from openclip_distill.data.image_shards import get_image_dataset
 from openclip_distill.data.text_corpus import get_text_stream
-from openclip_distill.data.toy_data import write_image_shards, write_text_file
+from toy_data import write_image_shards, write_text_file
 from openclip_distill.data.unpaired import UnpairedLoader, get_unpaired_data
 from openclip_distill.errors import DistillUsageError
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import RandomResizedCrop
 
-from openclip_distill.data.toy_data import toy_image
+from toy_data import toy_image
 from openclip_distill.data.views import (
     ModelInput,
     apply_view,

@@ -1,4 +1,4 @@
-"""Tiny synthetic shards and corpora, for tests, demos and smoke runs (no downloads).
+"""Tiny synthetic shards and corpora for the tests (no downloads).
 
 ``write_image_shards`` writes real webdataset tar shards (``<key>.png`` [+ ``<key>.txt``]) plus a
 ``sizes.json``; ``write_text_file`` writes a sentence file in any supported corpus format.
@@ -6,18 +6,12 @@
 import io
 import json
 import os
-import tarfile
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
-
-def _add_member(tf: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0
-    tf.addfile(info, io.BytesIO(data))
+from openclip_distill.data.tar_writer import TarShardWriter, write_tar_shard
 
 
 def toy_image(index: int, seed: int = 0) -> Image.Image:
@@ -64,7 +58,7 @@ def write_image_shards(
     for s in range(num_shards):
         name = f"{prefix}-{s:05d}.tar"
         path = os.path.join(directory, name)
-        with tarfile.open(path, "w") as tf:
+        with TarShardWriter(path) as writer:
             for i in range(per_shard):
                 key = f"{prefix}{s:03d}_{i:04d}"
                 index = s * per_shard + i
@@ -72,11 +66,12 @@ def write_image_shards(
                     data = b"\x89PNG\r\n\x1a\n this is not an image " + key.encode()
                 else:
                     data = encode_image(toy_image(index, seed), image_ext)
-                _add_member(tf, f"{key}.{image_ext}", data)
+                sample = {"__key__": key, image_ext: data}
                 if captions:
                     caption = "   " if key in empty_captions else f"a photo number {index} of {prefix}"
                     caps[key] = caption
-                    _add_member(tf, f"{key}.txt", caption.encode("utf-8"))
+                    sample["txt"] = caption
+                writer.add_sample(sample)
                 keys.append(key)
         shards.append(path)
         sizes[name] = per_shard
@@ -98,9 +93,7 @@ def write_text_file(path: str, sentences: List[str], fmt: Optional[str] = None, 
         with open(path, "w", encoding="utf-8") as f:
             f.writelines(json.dumps({text_key: s, "id": i}) + "\n" for i, s in enumerate(sentences))
     elif fmt == "tar":
-        with tarfile.open(path, "w") as tf:
-            for i, s in enumerate(sentences):
-                _add_member(tf, f"sent{i:07d}.txt", s.encode("utf-8"))
+        write_tar_shard(path, ({"__key__": f"sent{i:07d}", "txt": s} for i, s in enumerate(sentences)))
     else:
         raise ValueError(f"unknown text format {fmt!r}")
     return path

@@ -52,6 +52,8 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..data.tar_writer import TarShardWriter
+
 CORPUS_VERSION = 1
 IMAGE_SIZE = 32
 SS = 4  # supersampling factor used to draw anti-aliased shapes
@@ -380,50 +382,27 @@ def _png_bytes(arr: np.ndarray) -> bytes:
             + _png_chunk(b"IEND", b""))
 
 
-def _tar_member(name: str, data: bytes) -> bytes:
-    """One ustar member (header + data + padding) with fixed metadata (mtime 0, root, 0644)."""
-    hdr = bytearray(512)
-    nb = name.encode("utf-8")
-    assert len(nb) < 100
-    hdr[0:len(nb)] = nb
-    hdr[100:108] = b"0000644\0"
-    hdr[108:116] = b"0000000\0"
-    hdr[116:124] = b"0000000\0"
-    hdr[124:136] = b"%011o\0" % len(data)
-    hdr[136:148] = b"00000000000\0"
-    hdr[148:156] = b" " * 8
-    hdr[156:157] = b"0"
-    hdr[257:265] = b"ustar\x0000"
-    hdr[148:156] = b"%06o\0 " % sum(hdr)
-    pad = (-len(data)) % 512
-    return bytes(hdr) + data + b"\0" * pad
-
-
 def _write_shard(job) -> Tuple[str, int]:
     (path, split, seed, shard_idx, labels, with_png, with_txt, with_cls, forbidden) = job
     rng = np.random.default_rng([seed, _SPLIT_IDS[split], shard_idx])
     chunk = 500
-    out: List[bytes] = []
-    for c0 in range(0, len(labels), chunk):
-        imgs, frees = render_batch(labels[c0:c0 + chunk], rng)
-        for j, (arr, free) in enumerate(zip(imgs, frees)):
-            i = c0 + j
-            label = int(labels[i])
-            key = f"{split}{shard_idx:04d}_{i:06d}"
-            if with_png:
-                out.append(_tar_member(key + ".png", _png_bytes(arr)))
-            if with_txt:
-                text = caption(label, free, rng)
-                while text in forbidden:
+    with TarShardWriter(path) as writer:
+        for c0 in range(0, len(labels), chunk):
+            imgs, frees = render_batch(labels[c0:c0 + chunk], rng)
+            for j, (arr, free) in enumerate(zip(imgs, frees)):
+                i = c0 + j
+                label = int(labels[i])
+                sample = {"__key__": f"{split}{shard_idx:04d}_{i:06d}"}
+                if with_png:
+                    sample["png"] = _png_bytes(arr)
+                if with_txt:
                     text = caption(label, free, rng)
-                out.append(_tar_member(key + ".txt", text.encode("utf-8")))
-            if with_cls:
-                out.append(_tar_member(key + ".cls", str(label).encode("ascii")))
-    out.append(b"\0" * 1024)  # end-of-archive marker
-    data = b"".join(out)
-    data += b"\0" * ((-len(data)) % 10240)  # tar record size, as tarfile writes it
-    with open(path, "wb") as f:
-        f.write(data)
+                    while text in forbidden:
+                        text = caption(label, free, rng)
+                    sample["txt"] = text
+                if with_cls:
+                    sample["cls"] = str(label)
+                writer.add_sample(sample)
     return os.path.basename(path), len(labels)
 
 
