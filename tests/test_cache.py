@@ -18,7 +18,7 @@ from openclip_distill.cache import (adopt_cached_text_tower, build_main, chosen_
                                     get_cached_unpaired_data, load_cached_text_tower, load_manifest,
                                     read_cache_shard, read_text_chunk)
 from openclip_distill.cache import build as build_module
-from openclip_distill.data.toy_data import write_image_shards, write_text_file
+from toy_data import write_image_shards, write_text_file
 from openclip_distill.data.views import apply_view
 from openclip_distill.errors import DistillUsageError
 from openclip_distill.models.text_tower import adopt_text_tower, text_tower_keys

@@ -8,7 +8,7 @@ view the cached teacher embedding was computed on, and no teacher forward runs.
 """
 from .build import build_cache, main as build_main, parse_build_args
 from .image_replay import get_cached_image_dataset, read_cache_shard
-from .layout import (FLAG, MANIFEST_NAME, TEXT_TOWER_NAME, cache_shard_stem, cache_view_seed, chosen_augmentation,
+from .manifest import (FLAG, MANIFEST_NAME, TEXT_TOWER_NAME, cache_shard_stem, cache_view_seed, chosen_augmentation,
                      load_manifest, sample_uid)
 from .loader import CachedUnpairedLoader, check_cache_matches, get_cached_unpaired_data
 from .text_replay import get_cached_text_stream, read_text_chunk

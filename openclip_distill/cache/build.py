@@ -6,7 +6,7 @@ K = ``--cache-augmentations`` augmentations, the view parameters are drawn from
 ``apply_view(image, params, view_size)`` through the same path training uses
 (the teacher's ``encode_image`` on views in [0, 1]). Params and embeddings are stored per source shard; every sentence of
 ``--train-texts`` is stored in corpus order with its teacher embedding; the teacher's text tower is
-saved beside them. Layout and manifest: :mod:`openclip_distill.cache.layout`.
+saved beside them. Layout and manifest: :mod:`openclip_distill.cache.manifest`.
 
 Resumable (finished files are skipped, temp files are ignored and replaced) and shardable: process
 ``I`` of ``N`` (``--shard-index/--num-shards``, or torchrun's RANK/WORLD_SIZE) takes image shards
@@ -20,7 +20,6 @@ import logging
 import os
 import random
 import sys
-import tarfile
 import time
 from datetime import datetime, timezone
 from typing import Dict, List, Optional
@@ -37,16 +36,17 @@ from ..data.counters import SkipCounters
 from ..data.image_shards import IMAGE_KEYS
 from ..data.seeding import worker_id_and_count
 from ..data.shard_paths import dataset_size, expand_patterns
+from ..data.tar_writer import TarShardWriter
 from ..data.text_corpus import _read_unit, get_text_stream
 from ..data.views import apply_view, sample_view_params
 from ..data.worker_errors import unwrap_worker_errors
-from ..checkpoint import atomic_torch_save
+from ..atomic_files import atomic_open, atomic_torch_save, write_json_atomic
 from ..errors import DistillUsageError
 from ..teachers import IMAGE, TEXT, create_teacher
 from ..params import PRECISIONS
-from .layout import (CONFIG_FIELDS, CONFIG_NAME, DTYPES, FORMAT, IMAGES_DIR, MANIFEST_NAME, TEXT_TOWER_NAME,
+from .manifest import (CONFIG_FIELDS, CONFIG_NAME, DTYPES, FORMAT, IMAGES_DIR, MANIFEST_NAME, TEXT_TOWER_NAME,
                      TEXTS_DIR, VERSION, cache_shard_stem, cache_view_seed, read_json, sample_uid, source_id,
-                     text_chunk_names, write_json_atomic)
+                     text_chunk_names)
 
 _SHARD_EXAMPLE = "imgs/{00000..00099}.tar"
 BUILD_SKIP_REASONS = ("duplicate_key",)
@@ -220,46 +220,34 @@ def _npy_bytes(arr) -> bytes:
     return buf.getvalue()
 
 
-def _add_member(tf, name: str, data: bytes):
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0
-    tf.addfile(info, io.BytesIO(data))
-
-
 class _ShardWriter:
-    """Streams one output shard into a temp file; ``commit`` renames it (sidecar first)."""
+    """Streams one output shard (:class:`TarShardWriter`); ``commit`` writes the sidecar first, then
+    publishes the shard."""
 
     def __init__(self, job, dtype):
         self.job, self.dtype = job, dtype
-        self.tmp = f"{job['tar']}.tmp{os.getpid()}"
-        self.tf = tarfile.open(self.tmp, "w")
-        self.count = 0
+        self.writer = TarShardWriter(job["tar"])
+
+    @property
+    def count(self) -> int:
+        return self.writer.count
 
     def add(self, key, width, height, params, emb):
-        self.tf_add(key, "views.npy", _npy_bytes(params.numpy().astype(np.int32)))
-        self.tf_add(key, "emb.npy", _npy_bytes(emb.numpy().astype(self.dtype)))
         src = {"url": self.job["source"], "key": key, "width": int(width), "height": int(height)}
-        self.tf_add(key, "src.json", json.dumps(src).encode("utf-8"))
-        self.count += 1
-
-    def tf_add(self, key, ext, data):
-        _add_member(self.tf, f"{key}.{ext}", data)
+        self.writer.add_sample({"__key__": key, "views.npy": _npy_bytes(params.numpy().astype(np.int32)),
+                                "emb.npy": _npy_bytes(emb.numpy().astype(self.dtype)),
+                                "src.json": json.dumps(src)})
 
     def commit(self, count, skipped):
-        self.tf.close()
         if count != self.count:
+            self.writer.abort()
             raise RuntimeError(f"internal error: shard {self.job['source']} had {count} samples, wrote {self.count}")
         write_json_atomic(self.job["sidecar"], {"source": self.job["source"], "cache": self.job["rel_tar"],
                                                 "num_samples": count, "skipped": skipped})
-        os.replace(self.tmp, self.job["tar"])
+        self.writer.commit()
 
     def abort(self):
-        try:
-            self.tf.close()
-        finally:
-            if os.path.exists(self.tmp):
-                os.remove(self.tmp)
+        self.writer.abort()
 
 
 class _Progress:
@@ -390,13 +378,10 @@ def _write_chunk(args, teacher, n, sentences, dtype):
     npy, jsonl = (os.path.join(directory, name) for name in text_chunk_names(n))
     emb = torch.cat([teacher.encode_text(sentences[i:i + args.batch_size]).cpu()
                      for i in range(0, len(sentences), args.batch_size)])
-    tmp_jsonl, tmp_npy = f"{jsonl}.tmp{os.getpid()}", f"{npy}.tmp{os.getpid()}"
-    with open(tmp_jsonl, "w", encoding="utf-8") as f:
+    with atomic_open(jsonl, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in sentences)
-    with open(tmp_npy, "wb") as f:
+    with atomic_open(npy, "wb") as f:  # written last: the chunk counts as done once both exist
         np.save(f, emb.numpy().astype(dtype), allow_pickle=False)
-    os.replace(tmp_jsonl, jsonl)
-    os.replace(tmp_npy, npy)
 
 
 def _build_texts(args, teacher, units, counters):

@@ -39,7 +39,7 @@ from ..data.image_shards import (IMAGE_KEYS, _check_args, _CountShardErrors, _Ep
 from ..data.shard_paths import is_remote
 from ..data.views import apply_view
 from ..errors import DistillUsageError
-from .layout import FLAG, chosen_augmentation, sample_uid
+from .manifest import FLAG, chosen_augmentation, sample_uid
 
 _TAR_KEY = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
 

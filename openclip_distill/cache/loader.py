@@ -16,7 +16,7 @@ from ..data.counters import SkipCounters
 from ..data.unpaired import UnpairedLoader
 from ..errors import DistillUsageError
 from .image_replay import get_cached_image_dataset
-from .layout import FLAG, load_manifest
+from .manifest import FLAG, load_manifest
 from .text_replay import get_cached_text_stream
 
 

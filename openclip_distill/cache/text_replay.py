@@ -21,7 +21,7 @@ from ..data.shuffle_buffer import buffer_shuffle
 from ..data.stream_share import stream_share, warn_empty_share
 from ..data.text_corpus import INTERLEAVE, SMALL_CORPUS, TextStream, _interleave
 from ..errors import DistillUsageError
-from .layout import FLAG
+from .manifest import FLAG
 
 Chunk = Tuple[str, str, int]  # (embeddings .npy, sentences .jsonl, count)
 

@@ -7,7 +7,7 @@ import torch
 
 from ..errors import DistillUsageError
 from ..models.text_tower import adopt_text_tower
-from .layout import FLAG, TEXT_TOWER_NAME
+from .manifest import FLAG, TEXT_TOWER_NAME
 
 
 def load_cached_text_tower(directory: str) -> Dict[str, torch.Tensor]:
@@ -31,6 +31,6 @@ def adopt_cached_text_tower(student, directory: str, student_name: str, teacher_
     copies the text tower + logit scale into ``student`` and freezes them. Returns the number of copied tensors."""
     sd = load_cached_text_tower(directory)
     if not teacher_name:
-        from .layout import load_manifest
+        from .manifest import load_manifest
         teacher_name = load_manifest(directory, check_files=False).get("teacher", "the cached teacher")
     return adopt_text_tower(student, sd, student_name, teacher_name)
