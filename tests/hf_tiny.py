@@ -50,6 +50,18 @@ def _seed(seed: int):
     torch.manual_seed(seed)
 
 
+def _spread(model, seed: int):
+    """Re-draw every weight matrix with std 1/sqrt(fan_in): transformers' tiny-std init (0.02) makes a
+    random tower map all inputs to nearly the same unit vector, which would hide pooling mistakes."""
+    import torch
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=gen) / p[0].numel() ** 0.5)
+    return model
+
+
 # -- tokenizers -------------------------------------------------------------------------------
 
 def _clip_byte_alphabet():
@@ -149,7 +161,7 @@ def save_tiny_clip(directory, *, n_merges: int = 2000, max_positions: int = 77, 
                          bos_token_id=tok.bos_token_id, eos_token_id=eos, pad_token_id=tok.pad_token_id),
         vision_config=dict(TINY_VISION), projection_dim=16)
     _seed(seed)
-    model = CLIPModel(config).eval()
+    model = _spread(CLIPModel(config).eval(), seed)
     model.logit_scale.data.fill_(math.log(logit_scale))
     model.save_pretrained(directory)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
@@ -169,7 +181,7 @@ def save_tiny_altclip(directory, *, max_positions: int = 34, seed: int = 1):
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, project_dim=32),
         vision_config=dict(TINY_VISION), projection_dim=16)
     _seed(seed)
-    model = AltCLIPModel(config).eval()
+    model = _spread(AltCLIPModel(config).eval(), seed)
     model.save_pretrained(directory)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
                        image_mean=list(ALTCLIP_MEAN), image_std=list(ALTCLIP_STD)).save_pretrained(directory)
@@ -188,7 +200,7 @@ def save_tiny_siglip(directory, *, max_positions: int = 16, logit_scale: float =
                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, projection_size=32),
         vision_config=dict(TINY_VISION))
     _seed(seed)
-    model = SiglipModel(config).eval()
+    model = _spread(SiglipModel(config).eval(), seed)
     model.logit_scale.data.fill_(math.log(logit_scale))
     model.logit_bias.data.fill_(logit_bias)
     model.save_pretrained(directory)
@@ -214,7 +226,7 @@ def save_tiny_sentence_encoder(directory, pooling: str = "mean", *, normalize: b
     config = BertConfig(**TINY, vocab_size=len(tok), max_position_embeddings=max_positions,
                         pad_token_id=tok.pad_token_id, type_vocab_size=2)
     _seed(seed)
-    BertModel(config).eval().save_pretrained(model_dir)
+    _spread(BertModel(config).eval(), seed).save_pretrained(model_dir)
     modules = [{"idx": 0, "name": "0", "path": subfolder, "type": "sentence_transformers.models.Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
     if normalize:

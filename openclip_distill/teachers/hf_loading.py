@@ -57,10 +57,12 @@ def create_hf_teacher(ref: str, pretrained: Optional[str] = None, *, device="cpu
     elif config.model_type in SENTENCE_MODEL_TYPES:
         kind = "sentence"
     else:
-        arch = ", ".join(getattr(config, "architectures", None) or []) or "?"
-        raise DistillUsageError(f"{FLAG} {source.name}: {arch} (model_type {config.model_type!r}) is not supported "
-                                f"as a teacher; supported: {supported_architectures()}")
-    tokenizer = load_tokenizer(source, subfolder)
+        archs = ", ".join(getattr(config, "architectures", None) or [])
+        what = f"{archs} (model_type {config.model_type!r})" if archs else f"model_type {config.model_type!r}"
+        raise DistillUsageError(f"{FLAG} {source.name}: {what} is not supported as a teacher; "
+                                f"supported: {supported_architectures()}")
+    text_config = config.text_config if kind == "clip" else config
+    tokenizer = load_tokenizer(source, subfolder, getattr(text_config, "vocab_size", None))
     if kind == "clip":
         teacher = HFClipTeacher(source, config, tokenizer, device=device, precision=precision, pretrained=pretrained)
     else:

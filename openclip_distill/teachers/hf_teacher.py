@@ -53,7 +53,8 @@ class HFSource:
     def hub_error(self, what: str, err: BaseException) -> DistillUsageError:
         return DistillUsageError(
             f"{FLAG} {self.name}: could not load {what} from the Hugging Face hub ({one_line(err)}); "
-            f"without internet pass a local directory saved with save_pretrained (hf:/path/to/dir)")
+            f"without internet pass a local directory saved with save_pretrained (hf:/path/to/dir), "
+            f"or set HF_HUB_OFFLINE=1 to use only the local cache")
 
     def file(self, filename: str, subfolder: str = "") -> Optional[str]:
         """Local path of an optional file of the model (``None`` when it does not exist)."""
@@ -91,19 +92,30 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def load_tokenizer(source: HFSource, subfolder: str = ""):
-    """``AutoTokenizer.from_pretrained`` with a one-line usage error when it cannot be loaded."""
+# files a saved tokenizer consists of (one is enough); without any, transformers 5 silently builds an
+# empty default tokenizer for the model type instead of failing
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model")
+
+
+def load_tokenizer(source: HFSource, subfolder: str = "", vocab_size: Optional[int] = None):
+    """``AutoTokenizer.from_pretrained`` with one-line usage errors: no tokenizer files, a tokenizer that
+    cannot be loaded, or one with more tokens than the model's embedding table (``vocab_size``)."""
     from transformers import AutoTokenizer
 
+    fix = "the model directory needs the files written by tokenizer.save_pretrained (tokenizer.json + tokenizer_config.json)"
+    if not any(source.file(f, subfolder) for f in TOKENIZER_FILES):
+        raise DistillUsageError(f"{FLAG} {source.name}: it has no tokenizer; {fix}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.ref, subfolder=subfolder, **source.kwargs)
     except Exception as e:  # transformers raises OSError, ValueError, TypeError, KeyError, ... here
-        raise DistillUsageError(
-            f"{FLAG} {source.name}: could not load its tokenizer ({one_line(e)}); the model directory needs the "
-            f"tokenizer files written by tokenizer.save_pretrained (tokenizer.json + tokenizer_config.json)") from None
+        raise DistillUsageError(f"{FLAG} {source.name}: could not load its tokenizer ({one_line(e)}); {fix}") from None
     if not callable(tokenizer) or not hasattr(tokenizer, "pad_token_id"):
         raise DistillUsageError(f"{FLAG} {source.name}: AutoTokenizer returned {type(tokenizer).__name__}, not a "
-                                f"text tokenizer; save the model's tokenizer with tokenizer.save_pretrained")
+                                f"text tokenizer; {fix}")
+    if vocab_size is not None and len(tokenizer) > int(vocab_size):
+        raise DistillUsageError(f"{FLAG} {source.name}: its tokenizer has {len(tokenizer)} tokens but the text model "
+                                f"only {vocab_size} embeddings; save the tokenizer the model was trained with")
     return tokenizer
 
 
