@@ -11,6 +11,7 @@ Tokenizers:
   ``CLIPTokenizer(vocab=..., merges=...)``.
 - AltCLIP: an XLM-R style SentencePiece-Unigram (``XLMRobertaTokenizer(vocab=[(piece, score)])``).
 - SigLIP: a Unigram with a trailing ``</s>`` (pad = eos, as in the released SigLIP tokenizers).
+- Chinese-CLIP: the BERT WordPiece below (the model's text tower is a BERT).
 - sentence encoder: a BERT WordPiece (``BertTokenizer(vocab=...)``) in a sentence-transformers layout
   (``modules.json``, ``1_Pooling/config.json``, ``sentence_bert_config.json``).
 
@@ -206,6 +207,25 @@ def save_tiny_siglip(directory, *, max_positions: int = 16, logit_scale: float =
     model.save_pretrained(directory)
     SiglipImageProcessor(size={"height": 32, "width": 32}, image_mean=list(SIGLIP_MEAN),
                          image_std=list(SIGLIP_STD)).save_pretrained(directory)
+    return str(directory)
+
+
+def save_tiny_chinese_clip(directory, *, max_positions: int = 24, seed: int = 4):
+    """A random ``ChineseCLIPModel`` (BERT text tower pooled at [CLS], positions from 0) + WordPiece +
+    processor (CLIP statistics)."""
+    from transformers import ChineseCLIPConfig, ChineseCLIPImageProcessor, ChineseCLIPModel
+
+    os.makedirs(directory, exist_ok=True)
+    tok = _save_tokenizer(bert_tokenizer(), directory)
+    config = ChineseCLIPConfig(
+        text_config=dict(TINY, vocab_size=len(tok), max_position_embeddings=max_positions,
+                         pad_token_id=tok.pad_token_id),
+        vision_config=dict(TINY_VISION), projection_dim=16)
+    _seed(seed)
+    model = _spread(ChineseCLIPModel(config).eval(), seed)
+    model.save_pretrained(directory)
+    ChineseCLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                              image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)).save_pretrained(directory)
     return str(directory)
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hf_tiny import (ALTCLIP_MEAN, ALTCLIP_STD, CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD,  # noqa: F401
-                     hf_tiny_models, save_tiny_clip, save_tiny_sentence_encoder)
+                     hf_tiny_models, save_tiny_chinese_clip, save_tiny_clip, save_tiny_sentence_encoder)
 from PIL import Image
 
 from openclip_distill.errors import DistillUsageError
@@ -23,13 +23,21 @@ LONG = "a photo of two dogs and a cat playing with a child on the green grass ne
 # takes no attention mask
 FAMILIES = {"clip": ("CLIPModel", "longest", ("input_ids", "attention_mask"), 77),
             "altclip": ("AltCLIPModel", "longest", ("input_ids", "attention_mask"), 32),
-            "siglip": ("SiglipModel", "max_length", ("input_ids",), 16)}
-STATS = {"clip": (CLIP_MEAN, CLIP_STD), "altclip": (ALTCLIP_MEAN, ALTCLIP_STD), "siglip": (SIGLIP_MEAN, SIGLIP_STD)}
+            "siglip": ("SiglipModel", "max_length", ("input_ids",), 16),
+            "chinese_clip": ("ChineseCLIPModel", "longest", ("input_ids", "attention_mask", "token_type_ids"), 24)}
+STATS = {"clip": (CLIP_MEAN, CLIP_STD), "altclip": (ALTCLIP_MEAN, ALTCLIP_STD), "siglip": (SIGLIP_MEAN, SIGLIP_STD),
+         "chinese_clip": (CLIP_MEAN, CLIP_STD)}
 
 
 @pytest.fixture(scope="module")
-def teachers(hf_tiny_models):
-    return {name: create_hf_teacher(path) for name, path in hf_tiny_models.items()}
+def models(hf_tiny_models, tmp_path_factory):
+    """The shared tiny models plus a Chinese-CLIP (only these tests use it)."""
+    return dict(hf_tiny_models, chinese_clip=save_tiny_chinese_clip(tmp_path_factory.mktemp("hf_cn") / "cn"))
+
+
+@pytest.fixture(scope="module")
+def teachers(models):
+    return {name: create_hf_teacher(path) for name, path in models.items()}
 
 
 def _reference(path, family):
@@ -55,8 +63,8 @@ def _close(a, b, tol=2e-5):
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_text_matches_get_text_features(teachers, hf_tiny_models, family):
-    model, tok = _reference(hf_tiny_models[family], family)
+def test_text_matches_get_text_features(teachers, models, family):
+    model, tok = _reference(models[family], family)
     want, _ = _reference_text(model, tok, family, TEXTS)
     got = teachers[family].encode_text(TEXTS)
     assert got.dtype == torch.float32 and got.device.type == "cpu"
@@ -67,10 +75,10 @@ def test_text_matches_get_text_features(teachers, hf_tiny_models, family):
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_image_matches_processor_and_get_image_features(teachers, hf_tiny_models, family):
+def test_image_matches_processor_and_get_image_features(teachers, models, family):
     from transformers import AutoImageProcessor
-    model, _ = _reference(hf_tiny_models[family], family)
-    processor = AutoImageProcessor.from_pretrained(hf_tiny_models[family])
+    model, _ = _reference(models[family], family)
+    processor = AutoImageProcessor.from_pretrained(models[family])
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(3)]
     with torch.no_grad():
@@ -88,13 +96,14 @@ def test_image_matches_processor_and_get_image_features(teachers, hf_tiny_models
 
 
 def test_attributes(teachers):
-    clip, alt, sig, sent = (teachers[k] for k in ("clip", "altclip", "siglip", "sentence"))
-    for t, dim in ((clip, 16), (alt, 16), (sig, 32)):
+    clip, alt, sig, sent, cn = (teachers[k] for k in ("clip", "altclip", "siglip", "sentence", "chinese_clip"))
+    for t, dim in ((clip, 16), (alt, 16), (sig, 32), (cn, 16)):
         assert t.modalities == frozenset({"image", "text"})
         assert t.embed_dim == dim and t.encode_text(["a cat"]).shape == (1, dim)
         assert t.image_size == (32, 32)
         assert not any(p.requires_grad for p in t.model.parameters()) and not t.model.training
     assert clip.kind == "hf-clip" and alt.kind == "hf-altclip" and sig.kind == "hf-siglip"
+    assert cn.kind == "hf-chinese_clip" and cn.max_length == 24  # BERT positions start at 0
     assert tuple(alt.image_mean) == ALTCLIP_MEAN and tuple(alt.image_std) == ALTCLIP_STD
     assert tuple(sig.image_mean) == SIGLIP_MEAN and tuple(clip.image_std) == CLIP_STD
     assert clip.logit_scale == pytest.approx(50.0, rel=1e-6) and clip.logit_bias is None
@@ -109,8 +118,8 @@ def test_attributes(teachers):
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_long_text_is_truncated_to_the_position_limit(teachers, hf_tiny_models, family):
-    model, tok = _reference(hf_tiny_models[family], family)
+def test_long_text_is_truncated_to_the_position_limit(teachers, models, family):
+    model, tok = _reference(models[family], family)
     limit = FAMILIES[family][3]
     assert len(tok(LONG)["input_ids"]) > limit  # the sentence really is too long
     want, enc = _reference_text(model, tok, family, [LONG])
