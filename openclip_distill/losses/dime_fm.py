@@ -20,6 +20,14 @@ from ..errors import DistillUsageError
 from ..registry import register_loss
 
 
+def _check_pvl_widths(student_dim, teacher_dim):
+    if student_dim != teacher_dim:
+        raise DistillUsageError(
+            f"--distill-loss dime-fm: student features have {student_dim} dims but the teacher's have "
+            f"{teacher_dim}; L_pvl compares them directly: pick a student with the teacher's embed_dim or set "
+            f"pvl_weight=0 in --distill-loss-kwargs")
+
+
 @register_loss("dime-fm")
 class DimeFMLoss(nn.Module):
     """Weighted sum of the DIME-FM terms; images and sentences are unrelated batches (any sizes)."""
@@ -27,7 +35,8 @@ class DimeFMLoss(nn.Module):
     requires_paired_data = False
 
     def __init__(self, vl_weight=0.7, pvl_weight=0.3, udist_weight=0.0, vl_temperature=1.0,
-                 pvl_temperature=3.0, udist_temperature=7.0, logit_scale=100.0, impl="auto"):
+                 pvl_temperature=3.0, udist_temperature=7.0, logit_scale=100.0, impl="auto",
+                 student_embed_dim=None, teacher_embed_dim=None):
         super().__init__()
         self.vl_weight = float(vl_weight)
         self.pvl_weight = float(pvl_weight)
@@ -37,6 +46,8 @@ class DimeFMLoss(nn.Module):
         self.udist_temperature = float(udist_temperature)
         self.logit_scale = float(logit_scale)
         self.impl = impl
+        if self.pvl_weight and student_embed_dim and teacher_embed_dim:  # known up front: fail before training
+            _check_pvl_widths(student_embed_dim, teacher_embed_dim)
 
     def _kl(self, student_a, student_b, teacher_a, teacher_b, temperature, bidirectional):
         return similarity_kl_loss(
@@ -56,11 +67,8 @@ class DimeFMLoss(nn.Module):
         t_t = F.normalize(dist_text_features.detach(), dim=-1)
         t_s = None if text_features is None else F.normalize(text_features, dim=-1)
         zero = v_s.new_zeros((), dtype=torch.float32)
-        if (self.pvl_weight or self.udist_weight) and v_s.shape[1] != v_t.shape[1]:
-            raise DistillUsageError(
-                f"--distill-loss dime-fm: student features have {v_s.shape[1]} dims but the teacher's have "
-                f"{v_t.shape[1]}; L_pvl/L_udist compare them directly: pick a student with the teacher's "
-                f"embed_dim or set pvl_weight=0 udist_weight=0 in --distill-loss-kwargs")
+        if self.pvl_weight:
+            _check_pvl_widths(v_s.shape[1], v_t.shape[1])
 
         vl = pvl = udist = zero
         if self.vl_weight:
