@@ -42,6 +42,7 @@ import time
 import tokenize
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+from ..atomic_files import atomic_open
 from ..errors import DistillUsageError
 
 SOURCES = ("python-docs", "stdlib-docstrings", "stdlib-comments")
@@ -229,10 +230,8 @@ def write_real_sentences(out_dir: str, heldout_fraction: float = 0.05, sources: 
     train, heldout = split_train_heldout(sentences, heldout_fraction)
     os.makedirs(out_dir, exist_ok=True)
     for name, lines in (("train.txt", train), ("heldout.txt", heldout)):
-        tmp = os.path.join(out_dir, name + ".tmp")
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        with atomic_open(os.path.join(out_dir, name), "w", encoding="utf-8", newline="\n") as f:
             f.writelines(line + "\n" for line in lines)
-        os.replace(tmp, os.path.join(out_dir, name))
     return {"train": len(train), "heldout": len(heldout), "per_source": per_source,
             "seconds": time.time() - start, "out": out_dir}
 
