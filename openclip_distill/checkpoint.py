@@ -76,17 +76,24 @@ def restore_training_state(ckpt: dict, model, optimizer, scaler, loss=None) -> t
     return int(ckpt["epoch"]), int(ckpt.get("step", 0))
 
 
+def stage_fields(args) -> dict:
+    """The stage position a checkpoint records (``stage_index``, ``stage_start_step``; 0 without stages)."""
+    return {"stage_index": int(getattr(args, "stage_index", 0) or 0),
+            "stage_start_step": int(getattr(args, "stage_start_step", 0) or 0)}
+
+
 def save_plain_checkpoint(args, state_dict, optimizer_state, scaler_state, epoch, step, final, loss=None):
     """Write ``epoch_<E>.pt`` (and ``epoch_latest.pt``) atomically on the master, per the save flags.
     ``loss``: a loss with trainable parameters; they are stored as ``loss_state_dict``."""
     if not args.save_logs:
         return
-    extra = {"distill_loss": args.distill_loss, "model": args.model, "distill_teacher": args.distill_teacher}
+    extra = {"distill_loss": args.distill_loss, "model": args.model, "distill_teacher": args.distill_teacher,
+             **stage_fields(args)}
     if loss is not None and any(p.requires_grad for p in loss.parameters()):
         extra["loss_state_dict"] = {k: v.detach().cpu() for k, v in loss.state_dict().items()}
     ckpt = build_checkpoint(state_dict, optimizer_state, scaler_state, epoch=epoch, step=step, name=args.name,
-                            extra=extra)
-    if final or (args.save_frequency > 0 and epoch % args.save_frequency == 0):
+                            stage=getattr(args, "stage_name", None) or "distill", extra=extra)
+    if final or (args.save_frequency > 0 and epoch % args.save_frequency == 0):  # final: a stage's last epoch
         path = os.path.join(args.checkpoint_path, f"epoch_{epoch}.pt")
         atomic_torch_save(ckpt, path)
         logging.info(f"Saved checkpoint {path}")

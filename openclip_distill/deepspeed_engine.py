@@ -16,7 +16,7 @@ from contextlib import nullcontext
 import torch
 import torch.distributed as dist
 
-from .checkpoint import save_plain_checkpoint
+from .checkpoint import save_plain_checkpoint, stage_fields
 from .errors import DistillUsageError
 from .optim import create_optimizer, trainable_loss_parameters
 
@@ -150,7 +150,9 @@ class DeepSpeedEngine:
 
     def save(self, epoch: int, step: int, final: bool = False):
         self.model.save_checkpoint(self._ds_dir(), tag=f"epoch_{epoch}",
-                                   client_state={"epoch": int(epoch), "step": int(step), "stage": "distill"})
+                                   client_state={"epoch": int(epoch), "step": int(step),
+                                                 "stage": getattr(self.args, "stage_name", None) or "distill",
+                                                 **stage_fields(self.args)})
         sd = self.export_state_dict()  # collective
         if sd is not None:
             save_plain_checkpoint(self.args, sd, None, None, epoch, step, final)

@@ -16,15 +16,16 @@ from open_clip_train.distributed import broadcast_object, init_distributed_devic
 from open_clip_train.logger import setup_logging
 
 from . import registry
-from .checkpoint import find_latest_checkpoint
+from .checkpoint import find_latest_checkpoint, load_checkpoint
 from .engine import create_engine
 from .errors import DistillUsageError, NonFiniteLossError
 from .optim import create_scheduler
 from .params import parse_args, validate_args
-from .task import loss_modalities
+from .stages import check_parameter_patterns, load_stages
+from .task import loss_modalities, loss_needs_paired_data
 from .task_factory import build_run_parts
 from .train import train_one_epoch
-from .training_data import build_train_data, build_eval, run_eval
+from .training_data import build_eval, build_train_data, check_data_paths, run_eval
 
 
 def random_seed(seed=42, rank=0):
@@ -76,59 +77,132 @@ def _experiment_dirs(args):
         args.resume = found
 
 
-def run(args) -> int:
+def _check_stage(stage, manifest) -> None:
+    """Flags, loss arguments and data paths of one stage, before anything trains."""
+    args = stage.args
     loss_cls = registry.get_loss_class(args.distill_loss)
+    # the loss, built once from the flags alone: bad kwargs and the data it needs fail before any model loads
+    probe = registry.create_distill_loss(args.distill_loss, **dict(args.distill_loss_kwargs))
+    validate_args(args, loss_cls, loss_modalities(probe))
+    if manifest is None:
+        check_data_paths(args, loss_modalities(probe), loss_needs_paired_data(loss_cls))
+
+
+def _stage_error(stage, n_stages, fn, *a):
+    """Run ``fn``; with several stages a usage error names the stage."""
+    try:
+        return fn(*a)
+    except DistillUsageError as e:
+        if n_stages == 1:
+            raise
+        raise DistillUsageError(f"--stages: stage {stage.name!r}: {e}") from None
+
+
+def _run_position(path):
+    """``(epoch, step, stage_index, stage_start_step, state_dict)`` recorded in the plain checkpoint at
+    ``path``; ``epoch`` is None for a DeepSpeed checkpoint folder (the engine reads it)."""
+    if not os.path.isfile(path):
+        return None, 0, 0, 0, None
+    ckpt = load_checkpoint(path)
+    return (int(ckpt["epoch"]), int(ckpt.get("step", 0)), int(ckpt.get("stage_index", 0)),
+            int(ckpt.get("stage_start_step", 0)), ckpt["state_dict"])
+
+
+def run(args) -> int:
     manifest = None
     if args.teacher_cache:
         from .cache import load_manifest
         manifest = load_manifest(args.teacher_cache)
         args.distill_teacher = args.distill_teacher or manifest["teacher"]
-    # the loss, built once from the flags alone: bad kwargs and the data it needs fail before any model loads
-    probe = registry.create_distill_loss(args.distill_loss, **dict(args.distill_loss_kwargs))
-    validate_args(args, loss_cls, loss_modalities(probe))
+    stages = load_stages(args, parse_args)
+    manifests = []
+    for stage in stages:
+        stage_manifest = manifest
+        if stage.args.teacher_cache and stage.args.teacher_cache != args.teacher_cache:
+            from .cache import load_manifest
+            stage_manifest = _stage_error(stage, len(stages), load_manifest, stage.args.teacher_cache)
+            stage.args.distill_teacher = stage.args.distill_teacher or stage_manifest["teacher"]
+        manifests.append(stage_manifest)
+        _stage_error(stage, len(stages), _check_stage, stage, stage_manifest)
+    if len(stages) > 1:
+        for stage in stages:  # parameter patterns are checked on the student's architecture up front
+            _stage_error(stage, len(stages), check_parameter_patterns, stage)
     device = init_distributed_device(args)
     _experiment_dirs(args)
     args.log_level = logging.DEBUG if args.debug else logging.INFO
     _setup_logging(args.log_path, args.log_level)
     args.save_logs = bool(args.logs) and args.logs.lower() != "none" and is_master(args)
-
-    random_seed(args.seed, 0)
-    parts = build_run_parts(args, device, manifest)
-    random_seed(args.seed, args.rank)
     if is_master(args):
         with open(os.path.join(args.logs, args.name, "params.txt"), "w") as f:
             for name in sorted(vars(args)):
                 f.write(f"{name}: {getattr(args, name)}\n")
-    engine = create_engine(parts.student, args, device, loss=parts.loss)
-    parts.task.student.model = engine.model
-
-    start_epoch, state = 0, {"step": 0, "nonfinite_streak": 0}
-    if args.resume:
-        start_epoch, state["step"] = engine.resume(args.resume)
-
-    train_data, counters = build_train_data(args, parts, start_epoch)
-    scheduler = create_scheduler(engine.optimizer, args, train_data.num_batches // args.accum_freq)
-    evaluator = build_eval(args, parts.preprocess_val, parts.tokenizer)
+    if len(stages) > 1:
+        logging.info(f"Stages ({args.stages}): " + ", ".join(f"{s.name} ({s.args.epochs} epochs, "
+                                                             f"{s.args.distill_loss})" for s in stages))
+    resume = _run_position(args.resume) if args.resume else None
     writer = None
     if args.save_logs and ("tensorboard" in args.report_to or "all" in args.report_to):
         import torch.utils.tensorboard as tensorboard
         writer = tensorboard.SummaryWriter(os.path.join(args.logs, args.name, "tensorboard"))
 
-    for epoch in range(start_epoch, args.epochs):
+    offset, step, student_weights = 0, 0, None
+    for stage, stage_manifest in zip(stages, manifests):
+        first, last = offset, offset + stage.args.epochs
+        offset = last
+        if resume is not None and resume[0] is not None and resume[0] >= last:  # finished before the interruption
+            step, student_weights = resume[1], resume[4]
+            continue
+        step, student_weights = _run_stage(stage, len(stages), stage_manifest, first, last, step, student_weights,
+                                           resume, args, device, writer)
+        resume = None
+    if resume is not None:
+        logging.info(f"Nothing to do: the run already completed {offset} epochs")
+    return 0
+
+
+def _run_stage(stage, n_stages, manifest, first, last, step, student_weights, resume, run_args, device, writer):
+    """Train ``stage`` for global epochs ``first .. last - 1``; returns the global step at its end and
+    the student's final weights (for the next stage)."""
+    args = stage.args
+    for k in ("distributed", "world_size", "rank", "local_rank", "device", "name", "log_path", "checkpoint_path",
+              "save_logs", "log_level"):
+        setattr(args, k, getattr(run_args, k))
+    random_seed(args.seed, 0)
+    parts = build_run_parts(args, device, manifest, stage=stage if n_stages > 1 else None)
+    random_seed(args.seed, args.rank)
+    if student_weights is not None:  # continue from the previous stage's student
+        parts.student.load_state_dict(student_weights)
+    engine = create_engine(parts.student, args, device, loss=parts.loss)
+    parts.task.student.model = engine.model
+
+    state = {"step": step, "nonfinite_streak": 0}
+    start, args.stage_start_step = first, step
+    if resume is not None and resume[2] == stage.index and (resume[0] is None or resume[0] > first):
+        start, state["step"] = engine.resume(run_args.resume)
+        args.stage_start_step = resume[3]
+    train_data, counters = build_train_data(args, parts, start)
+    stage_scheduler = create_scheduler(engine.optimizer, args, train_data.num_batches // args.accum_freq)
+    scheduler = (lambda s: stage_scheduler(s - args.stage_start_step)) if stage_scheduler is not None else None
+    evaluator = build_eval(args, parts.preprocess_val, parts.tokenizer)
+    if n_stages > 1 and is_master(args):
+        logging.info(f"Stage {stage.index + 1}/{n_stages} {stage.name!r}: epochs {first + 1}-{last}, loss "
+                     f"{args.distill_loss}, {sum(p.numel() for p in parts.student.parameters() if p.requires_grad) / 1e6:.2f}M "
+                     f"trainable student params")
+    for epoch in range(start, last):
         if is_master(args):
-            logging.info(f"Start epoch {epoch}")
+            logging.info(f"Start epoch {epoch}" + (f" (stage {stage.name})" if n_stages > 1 else ""))
         train_one_epoch(engine, parts.task, parts.loss, train_data, epoch, scheduler, args, state,
                         counters=counters, tb_writer=writer)
         completed = epoch + 1
-        if evaluator is not None and (completed == args.epochs or (
+        if evaluator is not None and (completed == last or (
                 args.zeroshot_frequency > 0 and completed % args.zeroshot_frequency == 0)):
             run_eval(evaluator, engine.eval_model(), completed, args, writer)
-        engine.save(completed, state["step"], final=completed == args.epochs)
+        engine.save(completed, state["step"], final=completed == last)
         if args.distributed:
             torch.distributed.barrier()
-    if start_epoch >= args.epochs:
-        logging.info(f"Nothing to do: the run already completed {args.epochs} epochs")
-    return 0
+    if start >= last:
+        logging.info(f"Nothing to do: the run already completed {last} epochs")
+    return state["step"], (engine.export_state_dict() if n_stages > 1 else None)
 
 
 def exit_status_of(fn, *a) -> int:

@@ -55,6 +55,9 @@ def build_distill_parser() -> argparse.ArgumentParser:
     g.add_argument("--deepspeed", default=None, type=str, metavar="CONFIG.json",
                    help="Train the student with DeepSpeed ZeRO (configs/deepspeed/zero{1,2,3}.json); "
                         "\"auto\" config values follow --batch-size, --accum-freq, --precision, --grad-clip-norm.")
+    g.add_argument("--stages", default=None, type=str, metavar="FILE.yaml",
+                   help="A multi-stage schedule: a YAML 'stages:' list, each stage a name plus flag overrides and "
+                        "freeze/trainable parameter patterns (see configs/stages/).")
     g.add_argument("--max-nonfinite-steps", default=5, type=int,
                    help="Stop after this many consecutive NaN/inf losses (each such step is skipped).")
     g.add_argument("--list-losses", action="store_true", help="Print the registered losses and exit.")
@@ -99,6 +102,7 @@ def parse_args(argv):
         raise SystemExit(0)
     ours, rest = build_distill_parser().parse_known_args(argv)
     args = parse_openclip_args(rest)
+    args.argv = list(argv)  # the expanded command line (stages re-parse it with their overrides)
     for k, v in vars(ours).items():
         setattr(args, k, v)
     # OpenCLIP's own distillation flags are accepted as aliases of ours.

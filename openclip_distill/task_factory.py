@@ -12,6 +12,7 @@ from . import registry
 from .errors import DistillUsageError
 from .models.naming import check_model_name
 from .models.text_tower import adopt_text_tower
+from .stages import apply_parameter_patterns
 from .task import DistillTask, create_task, loss_modalities
 from .teachers import IMAGE, TEXT, create_teacher, is_hf_teacher
 
@@ -93,8 +94,9 @@ def _check_teacher_modalities(args, teacher_modalities, needed):
             f"{'image' if IMAGE in missing else 'text'}_weight=0)")
 
 
-def build_run_parts(args, device, manifest=None) -> RunParts:
-    """Teacher (or cache ``manifest``), student, loss and the task that joins them."""
+def build_run_parts(args, device, manifest=None, stage=None) -> RunParts:
+    """Teacher (or cache ``manifest``), student, loss and the task that joins them. ``stage``: a
+    :class:`~openclip_distill.stages.Stage` whose freeze/trainable patterns apply to the student."""
     loss_cls = registry.get_loss_class(args.distill_loss)
     teacher = None
     if manifest is None:
@@ -124,6 +126,8 @@ def build_run_parts(args, device, manifest=None) -> RunParts:
         raise DistillUsageError(f"--student-text-tower teacher: --distill-loss {args.distill_loss} trains the text "
                                 f"tower only, which would be the teacher's frozen copy; use --student-text-tower train")
     _configure_student(args, student, teacher, TEXT in modalities)
+    if stage is not None:
+        apply_parameter_patterns(student, stage)
     task = create_task(student, tokenizer, loss, teacher,
                        cached_logit_scale=None if manifest is None else manifest["logit_scale"],
                        cached_logit_bias=None if manifest is None else manifest.get("logit_bias"),

@@ -52,7 +52,9 @@ def record_losses(args, epoch: int, step: int, losses: dict) -> None:
     """Append this step's losses to ``<logs>/<name>/losses.jsonl`` (master only)."""
     if not getattr(args, "save_logs", False):
         return
-    row = {"epoch": epoch, "step": step, **{k: float(v.detach()) for k, v in losses.items()}}
+    stage = getattr(args, "stage_name", None)
+    row = {"epoch": epoch, "step": step, **({"stage": stage} if stage else {}),
+           **{k: float(v.detach()) for k, v in losses.items()}}
     with open(os.path.join(args.logs, args.name, "losses.jsonl"), "a") as f:
         f.write(json.dumps(row) + "\n")
 
@@ -124,8 +126,9 @@ def train_one_epoch(engine, task, loss, train_data, epoch, scheduler, args, stat
                 f"{samples_per_second:#g}/s, {samples_per_second / args.world_size:#g}/s/gpu "
                 f"LR: {optimizer.param_groups[0]['lr']:5f} {loss_log}{skipped}")
             if tb_writer is not None:
+                prefix = f"{args.stage_name}/train" if getattr(args, "stage_name", None) else "train"
                 for k, m in meters.items():
-                    tb_writer.add_scalar(f"train/{k}", m.val, step)
-                tb_writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
+                    tb_writer.add_scalar(f"{prefix}/{k}", m.val, step)
+                tb_writer.add_scalar(f"{prefix}/lr", optimizer.param_groups[0]["lr"], step)
             batch_time_m.reset()
             data_time_m.reset()

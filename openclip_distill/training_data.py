@@ -7,6 +7,8 @@ from open_clip_train.distributed import is_master
 from open_clip_train.precision import get_autocast
 
 from .data import SkipCounters, get_paired_dataset, get_unpaired_data
+from .data.shard_paths import expand_patterns
+from .data.text_corpus import TEXT_FORMATS
 from .task import loss_needs_paired_data
 
 
@@ -55,6 +57,17 @@ def build_train_data(args, parts, epoch: int):
     return data, counters
 
 
+def check_data_paths(args, modalities, paired: bool) -> None:
+    """The data flags the loss needs point at existing files (one-line errors naming the flag)."""
+    if paired:
+        expand_patterns(args.train_data, "--train-data", exts=(".tar",), example="pairs/{00000..00099}.tar")
+        return
+    if "image" in modalities:
+        expand_patterns(args.train_images, "--train-images", exts=(".tar",), example="imgs/{00000..00099}.tar")
+    if "text" in modalities:
+        expand_patterns(args.train_texts, "--train-texts", exts=tuple(TEXT_FORMATS), example="sentences/*.txt")
+
+
 class Evaluator:
     """Zero-shot + retrieval on ``--eval-data`` with the student's own preprocessing and tokenizer."""
 
@@ -86,10 +99,11 @@ def run_eval(evaluator, model, epoch: int, args, tb_writer=None) -> dict:
     metrics = evaluator(model)
     model.train(was_training)
     logging.info(f"Eval Epoch: {epoch} " + "\t".join(f"{k}: {v:.4f}" for k, v in metrics.items()))
+    stage = getattr(args, "stage_name", None)
     if args.save_logs:
         with open(os.path.join(args.logs, args.name, "results.jsonl"), "a") as f:
-            f.write(json.dumps({"epoch": epoch, **metrics}) + "\n")
+            f.write(json.dumps({"epoch": epoch, **({"stage": stage} if stage else {}), **metrics}) + "\n")
         if tb_writer is not None:
             for k, v in metrics.items():
-                tb_writer.add_scalar(f"val/{k}", v, epoch)
+                tb_writer.add_scalar(f"{stage}/val/{k}" if stage else f"val/{k}", v, epoch)
     return metrics

@@ -2,3 +2,4 @@
 from .dime_fm import DimeFMLoss
 from .clip_distill import ClipDistillLoss
 from .feature import FeatureDistillLoss
+from .contrastive import ContrastiveLoss
