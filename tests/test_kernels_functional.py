@@ -102,7 +102,7 @@ def test_distributed_true_without_process_group_is_an_error():
 
 def test_package_imports_and_runs_without_triton():
     """Triton is optional: with it unimportable, ``auto`` falls back to ``chunked`` and ``triton`` explains."""
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(K.__file__)))
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(K.__file__))))
     script = "\n".join([
         "import sys; sys.modules['triton'] = None",
         "import torch",

@@ -6,6 +6,8 @@ reference) and are the oracle every other implementation (``chunked``, ``triton`
 import torch
 import torch.nn.functional as F
 
+from .scale import scale_dtype
+
 
 def _wide(x: torch.Tensor) -> torch.Tensor:
     """fp32, or fp64 for fp64 inputs."""
@@ -14,8 +16,8 @@ def _wide(x: torch.Tensor) -> torch.Tensor:
 
 def _scale(scale, like: torch.Tensor):
     if isinstance(scale, torch.Tensor):
-        return scale.float().reshape(())
-    return torch.tensor(float(scale), device=like.device, dtype=torch.float32)
+        return scale.to(scale_dtype(scale, like)).reshape(())
+    return torch.tensor(float(scale), device=like.device, dtype=scale_dtype(scale, like))
 
 
 def contrastive_loss_naive(image_features, text_features, logit_scale):
