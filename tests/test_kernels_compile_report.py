@@ -14,7 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _table_rows(stdout):
-    rows = [line.strip("|").split("|") for line in stdout.splitlines() if line.startswith("| ") and "kernel |" not in line]
+    rows = [line.strip().strip("|").split("|") for line in stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| kernel ")]
     return [[cell.strip() for cell in row] for row in rows]
 
 
