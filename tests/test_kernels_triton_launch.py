@@ -241,3 +241,17 @@ def test_tile_weights_leave_the_small_loss_weight_out_of_the_tile():
     assert (weight, ratio) == (0.2, 1.0)
     weight, ratio = LossLayout.local(10, row_weight=0.2, col_weight=0.1).tile_weights()
     assert weight == 0.1 and ratio == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError("CUDA out of memory"), ValueError("bad shapes")])
+def test_auto_does_not_hide_out_of_memory_or_usage_errors(monkeypatch, fresh_fallback_state, error):
+    from openclip_distill.kernels import triton_ops
+    monkeypatch.setattr(functional, "auto_can_use_triton", lambda like: True)
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(triton_ops, "infonce_triton", broken)
+    with pytest.raises(type(error)):
+        contrastive_loss(_features(4, 3, 0), _features(4, 3, 1), 10.0, impl="auto")
+    assert not triton_support.triton_failed_before()

@@ -26,7 +26,8 @@ from .layout import LossLayout
 from .naive import contrastive_loss_naive, similarity_kl_loss_naive
 from .naive_distributed import contrastive_loss_naive_distributed, similarity_kl_loss_naive_distributed
 from .scale import scale_tensor
-from .triton_support import auto_can_use_triton, check_triton_usable, record_triton_failure, triton_failed_before
+from .triton_support import auto_can_use_triton, check_triton_usable, is_kernel_failure, record_triton_failure, \
+    triton_failed_before
 
 IMPLS = ("auto", "naive", "chunked", "triton")
 
@@ -56,6 +57,8 @@ def _run_fused(requested: str, impl: str, which: int, *args):
     try:
         return _fused("triton")[which](*args, fallback=True)
     except Exception as err:  # noqa: BLE001 -- compile/launch failure: warn once, use chunked
+        if not is_kernel_failure(err):
+            raise
         record_triton_failure(err)
         return _fused("chunked")[which](*args)
 

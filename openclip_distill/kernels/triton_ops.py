@@ -27,7 +27,7 @@ from .triton_autotune import fp32_dot_precision, grid_split, infonce_forward_con
 from .triton_infonce_kernels import infonce_grad_panel_kernel, infonce_stats_forward_kernel
 from .triton_kl_kernels import MAX_SLOTS, NUM_STATS, similarity_kl_grad_panel_kernel, \
     similarity_kl_stats_forward_kernel
-from .triton_support import launch_device, record_triton_failure, triton_interpreter_enabled
+from .triton_support import is_kernel_failure, launch_device, record_triton_failure, triton_interpreter_enabled
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Largest gradient panel (bytes). 256 MiB = 2048 bf16 rows at M = 65536: the column GEMM's fp32 running sum
@@ -131,7 +131,7 @@ class TritonInfoNCE(torch.autograd.Function):
         try:
             grads = _infonce_backward(ctx.layout, rows, cols, scale, row_lse, col_lse, grad_output, *needs)
         except Exception as err:  # noqa: BLE001 -- auto's fallback, re-raised otherwise
-            if not ctx.fallback:
+            if not (ctx.fallback and is_kernel_failure(err)):
                 raise
             record_triton_failure(err)
             grads = _recompute_with_chunked(chunked.ChunkedInfoNCE.apply, (rows, cols, scale), needs, grad_output,
@@ -213,7 +213,7 @@ class TritonSimilarityKL(torch.autograd.Function):
         try:
             grads = _kl_backward(ctx.layout, *inputs, row_lse, col_lse, grad_output, needs[0], needs[1], needs[4])
         except Exception as err:  # noqa: BLE001 -- auto's fallback, re-raised otherwise
-            if not ctx.fallback:
+            if not (ctx.fallback and is_kernel_failure(err)):
                 raise
             record_triton_failure(err)
             grads = _recompute_with_chunked(chunked.ChunkedSimilarityKL.apply, inputs,

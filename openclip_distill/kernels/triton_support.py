@@ -84,6 +84,13 @@ def triton_failed_before() -> bool:
     return bool(_TRITON_FAILED)
 
 
+def is_kernel_failure(err: BaseException) -> bool:
+    """Whether ``auto`` should fall back on ``err``: compile/launch failures yes; usage errors (``ValueError``,
+    ``TypeError``) and out-of-memory no (those are the caller's to see, and chunked would not fix them)."""
+    import torch
+    return not isinstance(err, (ValueError, TypeError, torch.cuda.OutOfMemoryError, MemoryError))
+
+
 def record_triton_failure(err: BaseException) -> None:
     """Remember a failed ``auto`` Triton launch and warn once (the caller falls back to ``chunked``)."""
     _TRITON_FAILED.append(repr(err))
