@@ -90,6 +90,9 @@ def _slices(rank):
 def _worker(rank, port, out_dir):
     assert os.environ.get("TRITON_INTERPRET") == "1"  # inherited: must precede the child's first triton import
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    from openclip_distill.kernels import triton_ops
+    # Triton backward in panels of 4 rows: InfoNCE's diagonal target at panel offset + the rank's column offset.
+    triton_ops.panel_rows = lambda num_rows, num_cols, element_size: min(num_rows, 4)
     try:
         batch = global_batch()
         rows, cols = _slices(rank)
