@@ -1,13 +1,14 @@
 """Logit scales as 0-d fp32 tensors on the features' device (python floats or 0-d/1-element tensors).
 
-fp64 features (the tests' high-precision reference runs) get an fp64 scale, so nothing is rounded to fp32.
+fp64 features (the tests' high-precision reference runs) get an fp64 scale, so nothing is rounded to fp32;
+any other features get an fp32 scale.
 """
 import torch
 
 
 def scale_dtype(scale, like: torch.Tensor) -> torch.dtype:
-    wide = like.dtype == torch.float64 or (isinstance(scale, torch.Tensor) and scale.dtype == torch.float64)
-    return torch.float64 if wide else torch.float32
+    """fp64 for fp64 features, else fp32 (whatever the scale's own dtype)."""
+    return torch.float64 if like.dtype == torch.float64 else torch.float32
 
 
 def scale_tensor(scale, like: torch.Tensor) -> torch.Tensor:
