@@ -90,6 +90,9 @@ def _slices(rank):
 def _worker(rank, port, out_dir):
     assert os.environ.get("TRITON_INTERPRET") == "1"  # inherited: must precede the child's first triton import
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    from openclip_distill.kernels import triton_ops
+    # Triton backward in panels of 4 rows: InfoNCE's diagonal target at panel offset + the rank's column offset.
+    triton_ops.panel_rows = lambda num_rows, num_cols, element_size: min(num_rows, 4)
     try:
         batch = global_batch()
         rows, cols = _slices(rank)
@@ -130,18 +133,30 @@ def rank_results():
             os.environ["TRITON_INTERPRET"] = saved
 
 
+# Tolerances from the arithmetic, in norms (robust to summation order): every path computes in fp32 from the
+# same fp32 inputs with logits of size <= 100 (scale 80 / tau 3 and 1/0.07), so losses and gradients carry
+# ~scale x 2^-24 relative round-off; the bound is 16 x 100 x 2^-24 ~ 1e-4 (the tests' FP32_RTOL).
+FP32_RTOL = 16 * 100 * 2.0 ** -24
+
+
+def _relative_error(got, want):
+    ref = want.double().norm().item()
+    err = (got.double() - want.double()).norm().item()
+    return err / ref if ref > 0 else err
+
+
 def _check(per_rank, global_loss, global_grads, slice_of):
-    torch.testing.assert_close(torch.stack([loss for loss, _ in per_rank]).mean(), global_loss, rtol=2e-5, atol=2e-5)
+    mean_loss = torch.stack([loss for loss, _ in per_rank]).mean()
+    assert abs(mean_loss.item() - global_loss.item()) <= FP32_RTOL * max(1.0, abs(global_loss.item()))
     for name, grad in global_grads.items():
         if name == "scale":
             got = torch.stack([grads[name] for _, grads in per_rank]).mean()
-            torch.testing.assert_close(got, grad, rtol=1e-4, atol=1e-6)
+            assert _relative_error(got, grad) <= FP32_RTOL, (got.item(), grad.item())
             continue
         for rank, (_, grads) in enumerate(per_rank):
             want = WORLD * grad[slice_of(name, rank)]
-            err, ref = (grads[name] - want).abs().max().item(), want.abs().max().item()
-            # fp32 summation-order noise only (as in test_kernels_similarity): 2e-5 of the largest entry
-            assert err <= 2e-5 * ref + 1e-9, f"{name} on rank {rank}: max abs err {err:.3g}, max |grad| {ref:.3g}"
+            err = _relative_error(grads[name], want)
+            assert err <= FP32_RTOL, f"{name} on rank {rank}: relative error {err:.3g}"
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -165,7 +180,7 @@ def test_distributed_false_uses_the_local_batch(rank_results):
     for rank, results in enumerate(rank_results):
         local_loss, _ = infonce_call({k: v[_slices(rank)[0]] for k, v in batch.items() if k in ("images", "texts")},
                                      "naive", distributed=False)
-        torch.testing.assert_close(results["local-only"][0], local_loss, rtol=1e-5, atol=1e-6)
+        assert abs(results["local-only"][0].item() - local_loss.item()) <= FP32_RTOL * max(1.0, abs(local_loss.item()))
 
 
 def test_distributed_clip_distill_value_is_the_global_soft_cross_entropy(rank_results):
@@ -173,4 +188,4 @@ def test_distributed_clip_distill_value_is_the_global_soft_cross_entropy(rank_re
     want = clip_distill_call(global_batch())
     for key in ("contrastive_loss", "distill_loss"):
         got = torch.stack([r["clip-distill"][key] for r in rank_results]).mean()
-        torch.testing.assert_close(got, want[key], rtol=2e-5, atol=2e-5)
+        assert abs(got.item() - want[key].item()) <= FP32_RTOL * max(1.0, abs(want[key].item())), key

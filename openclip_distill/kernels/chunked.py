@@ -8,7 +8,8 @@ the inputs and O(N + M) log-sum-exps; backward recomputes each tile and accumula
     d rows = s * G @ cols,   d cols = s * G^T @ rows,   d s = sum_ij G_ij (rows cols^T)_ij = sum_i rows_i . (G @ cols)_i
 
 where ``G = dL/dS`` for the tile (Inf-CL's recompute-in-backward, without its d % 256 and
-one-direction restrictions). Logits and statistics are fp32 whatever the input dtype. Tiles are reused
+one-direction restrictions). Logits and statistics are fp32 whatever the input dtype (fp64 for fp64 inputs,
+so tests can compare against the oracle where the arithmetic is exact to fp64 round-off). Tiles are reused
 buffers updated in place, so a chunk costs two (InfoNCE) or four (KL) ``chunk_rows x M`` fp32 buffers.
 
 Exponents are clamped at ``EXP_FLOOR`` = -80 before ``exp``: every exponent here is a logit minus a
@@ -29,8 +30,14 @@ DEFAULT_CHUNK_ROWS = 512
 EXP_FLOOR = -80.0
 
 
-def _fp32(x: torch.Tensor) -> torch.Tensor:
-    return x if x.dtype == torch.float32 else x.float()
+def _compute_dtype(*tensors) -> torch.dtype:
+    """fp32, or fp64 when an input is fp64 (a float64 reference run for tests)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _fp32(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``x`` in the compute dtype (fp32 unless a float64 run), without a copy when it already is."""
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 def _chunks(num_rows: int, chunk_rows: int):
@@ -58,15 +65,6 @@ def _shifted_exp(x: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> tor
     return _exp_(torch.sub(x, shift, out=out))
 
 
-def _tile_weights(layout: LossLayout):
-    """``(w, r)`` with ``row_weight * P + col_weight * Q = w * (Q + r * P)``; rows only ``w = row_weight``.
-
-    Accumulating ``Q + r P`` is one fused pass per tile; ``w`` is applied to the O(N d) results instead."""
-    if layout.has_columns:
-        return layout.col_weight, layout.row_weight / layout.col_weight
-    return layout.row_weight, 1.0
-
-
 class ChunkedInfoNCE(torch.autograd.Function):
     """Symmetric InfoNCE on a local block (CLIP, Radford et al. 2021), ``S = s * rows cols^T``:
 
@@ -80,7 +78,8 @@ class ChunkedInfoNCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, rows, cols, scale, layout: LossLayout, chunk_rows: int):
-        left, right = _fp32(rows), _fp32(cols)
+        dtype = _compute_dtype(rows, cols)
+        left, right = _fp32(rows, dtype), _fp32(cols, dtype)
         num_cols = right.shape[0]
         paired = layout.paired_columns(right, left.shape[0])
         logits, work = _tile_buffers(2, left, chunk_rows, num_cols)
@@ -112,12 +111,13 @@ class ChunkedInfoNCE(torch.autograd.Function):
         rows, cols, scale, row_lse, col_lse = ctx.saved_tensors
         layout, chunk_rows = ctx.layout, ctx.chunk_rows
         need_rows, need_cols, need_scale = ctx.needs_input_grad[:3]
-        left, right = _fp32(rows), _fp32(cols)
+        dtype = _compute_dtype(rows, cols)
+        left, right = _fp32(rows, dtype), _fp32(cols, dtype)
         logits, grad_tile = _tile_buffers(2, left, chunk_rows, right.shape[0])
         (scaled,) = _tile_buffers(1, left, chunk_rows, left.shape[1])
         d_left = left.new_empty(left.shape) if (need_rows or need_scale) else None
         d_right = torch.zeros_like(right) if need_cols else None
-        weight, row_ratio = _tile_weights(layout)
+        weight, row_ratio = layout.tile_weights()
         for start, stop in _chunks(left.shape[0], chunk_rows):
             tile, grad = logits[: stop - start], grad_tile[: stop - start]
             torch.mm(_scaled_rows(left[start:stop], scale, scaled), right.T, out=tile)
@@ -204,7 +204,7 @@ class ChunkedSimilarityKL(torch.autograd.Function):
             1, t_left, chunk_rows, t_left.shape[1])
         d_left = s_left.new_empty(s_left.shape) if (need_rows or need_scale) else None
         d_right = torch.zeros_like(s_right) if need_cols else None
-        weight, row_ratio = _tile_weights(layout)
+        weight, row_ratio = layout.tile_weights()
         for start, stop in _chunks(s_left.shape[0], chunk_rows):
             a, b, g, e = (buf[: stop - start] for buf in (teacher, student, grad_tile, work))
             torch.mm(_scaled_rows(t_left[start:stop], teacher_mult, t_scaled), t_right.T, out=a)
@@ -227,10 +227,11 @@ class ChunkedSimilarityKL(torch.autograd.Function):
 def _fp32_views(student_rows, student_cols, teacher_rows, teacher_cols):
     """fp32 copies of the four inputs, converting each distinct tensor once (self-similarity, shared teacher)."""
     converted = {}
+    dtype = _compute_dtype(student_rows, student_cols, teacher_rows, teacher_cols)
 
     def get(x):
         if id(x) not in converted:
-            converted[id(x)] = _fp32(x)
+            converted[id(x)] = _fp32(x, dtype)
         return converted[id(x)]
 
     return get(student_rows), get(student_cols), get(teacher_rows), get(teacher_cols)

@@ -5,7 +5,9 @@ Implementations (``IMPLS``):
 * ``"naive"``   -- materialised fp32 logits (``naive.py``); the oracle.
 * ``"chunked"`` -- tiled PyTorch ``autograd.Function``s (``chunked.py``), any device, O(N + M) saved state.
 * ``"triton"``  -- fused Triton kernels (``triton_ops.py``); CUDA tensors, or CPU under ``TRITON_INTERPRET=1``.
-* ``"auto"``    -- ``"triton"`` for CUDA tensors when Triton is importable, else ``"chunked"``.
+* ``"auto"``    -- ``"triton"`` for CUDA tensors when Triton is importable, else ``"chunked"``. It falls back to
+  ``"chunked"`` with one warning when ``TRITON_INTERPRET=1`` leaked into a job with CUDA tensors or a kernel
+  fails to compile or launch (then for the rest of the process).
 
 ``distributed``: ``None`` (default) = distributed iff ``torch.distributed`` is initialised with world_size > 1;
 ``True`` = require it; ``False`` = always the local batch only. Distributed, each rank passes its *local*
@@ -24,7 +26,8 @@ from .layout import LossLayout
 from .naive import contrastive_loss_naive, similarity_kl_loss_naive
 from .naive_distributed import contrastive_loss_naive_distributed, similarity_kl_loss_naive_distributed
 from .scale import scale_tensor
-from .triton_support import check_triton_usable, triton_importable
+from .triton_support import auto_can_use_triton, check_triton_usable, is_kernel_failure, record_triton_failure, \
+    triton_failed_before
 
 IMPLS = ("auto", "naive", "chunked", "triton")
 
@@ -34,7 +37,7 @@ def resolve_impl(impl: str, like: torch.Tensor) -> str:
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
-        return "triton" if like.is_cuda and triton_importable() else "chunked"
+        return "triton" if not triton_failed_before() and auto_can_use_triton(like) else "chunked"
     if impl == "triton":
         check_triton_usable(like)
     return impl
@@ -47,6 +50,19 @@ def _fused(impl: str):
     return triton_ops.infonce_triton, triton_ops.similarity_kl_triton
 
 
+def _run_fused(requested: str, impl: str, which: int, *args):
+    """Run the fused loss ``which`` (0 InfoNCE, 1 KL) of ``impl``; under ``auto`` a failing Triton falls back."""
+    if impl == "chunked" or requested != "auto":
+        return _fused(impl)[which](*args)
+    try:
+        return _fused("triton")[which](*args, fallback=True)
+    except Exception as err:  # noqa: BLE001 -- compile/launch failure: warn once, use chunked
+        if not is_kernel_failure(err):
+            raise
+        record_triton_failure(err)
+        return _fused("chunked")[which](*args)
+
+
 def contrastive_loss(image_features, text_features, logit_scale, *, impl="auto", distributed=None):
     """Symmetric InfoNCE, equal to OpenCLIP ``ClipLoss`` on one process (CLIP, Radford et al. 2021):
 
@@ -56,7 +72,7 @@ def contrastive_loss(image_features, text_features, logit_scale, *, impl="auto",
     ``logit_scale``: python float or 0-d/1-element tensor (receives a gradient when it requires one).
     ``distributed``: see the module docstring.
     """
-    impl = resolve_impl(impl, image_features)
+    requested, impl = impl, resolve_impl(impl, image_features)
     if image_features.shape[0] != text_features.shape[0]:
         raise ValueError(f"contrastive_loss needs paired features, got {image_features.shape[0]} images and "
                          f"{text_features.shape[0]} texts")
@@ -67,8 +83,7 @@ def contrastive_loss(image_features, text_features, logit_scale, *, impl="auto",
         return contrastive_loss_naive_distributed(world, image_features, text_features, logit_scale)
     scale = scale_tensor(logit_scale, image_features)
     texts, layout = _columns_and_layout(world, image_features, text_features, lambda n, m: (0.5 / n, 0.5 / m))
-    infonce, _ = _fused(impl)
-    return infonce(image_features, texts, scale, layout)
+    return _run_fused(requested, impl, 0, image_features, texts, scale, layout)
 
 
 def similarity_kl_loss(student_a, student_b, teacher_a, teacher_b, *, student_scale, teacher_scale,
@@ -83,7 +98,7 @@ def similarity_kl_loss(student_a, student_b, teacher_a, teacher_b, *, student_sc
     the student tensors and ``student_scale`` (when a tensor requiring grad), never the teacher tensors.
     ``distributed``: see the module docstring.
     """
-    impl = resolve_impl(impl, student_a)
+    requested, impl = impl, resolve_impl(impl, student_a)
     if student_a.shape[0] != teacher_a.shape[0] or student_b.shape[0] != teacher_b.shape[0]:
         raise ValueError("similarity_kl_loss: student_a/teacher_a and student_b/teacher_b must have the same rows, got "
                          f"{tuple(student_a.shape)}, {tuple(teacher_a.shape)}, {tuple(student_b.shape)}, "
@@ -102,8 +117,8 @@ def similarity_kl_loss(student_a, student_b, teacher_a, teacher_b, *, student_sc
     teacher_b = teacher_b.detach() if teacher_b.requires_grad else teacher_b
     weights = (lambda n, m: (1.0 / n, 1.0 / m)) if bidirectional else (lambda n, m: (1.0 / n, 0.0))
     gathered, layout = _columns_and_layout(world, student_a, [student_b, teacher_b], weights)
-    _, similarity_kl = _fused(impl)
-    return similarity_kl(student_a, gathered[0], teacher_a, gathered[1], student_mult, teacher_mult, layout)
+    return _run_fused(requested, impl, 1, student_a, gathered[0], teacher_a, gathered[1], student_mult, teacher_mult,
+                      layout)
 
 
 def _columns_and_layout(world: World, rows: torch.Tensor, columns, weights):

@@ -29,6 +29,16 @@ class LossLayout:
     def has_columns(self) -> bool:
         return self.col_weight != 0.0
 
+    def tile_weights(self):
+        """``(w, r)`` with ``row_weight * P + col_weight * Q = w * (Q + r * P)``; rows only: ``(row_weight, 1)``.
+
+        The fused backwards form the tile gradient ``Q + r P`` (entries O(1)) and apply the loss weight ``w``
+        (~1/N) to the O(N d) products afterwards: multiplied into a 16-bit tile, a weight of 1/65536 would push
+        most entries into fp16's subnormal range."""
+        if self.has_columns:
+            return self.col_weight, self.row_weight / self.col_weight
+        return self.row_weight, 1.0
+
     def paired_columns(self, cols, num_rows: int):
         """Columns paired with the local rows (InfoNCE targets): ``cols[col_start + i]`` for local row i."""
         if self.col_stop - self.col_start != num_rows:

@@ -5,14 +5,17 @@ computes the teacher and the student tile of the same (rows, cols) block, so A a
 
 * forward, per row and (partially) per column, fp32: ``m_A, s_A = sum exp(A - m_A), w_A = sum exp(A - m_A)(A - B),
   m_B, s_B``; then ``KL = w_A / s_A - lse_A + lse_B`` (see ``loss_from_stats.py``).
-* backward: ``G = row_weight (q - p) + col_weight (q' - p')`` (p, q row softmaxes of A, B; p', q' column
-  softmaxes) and atomic fp32 ``G @ Sb``, ``G^T @ Sa``. Teachers get no gradient.
+* backward, one panel of rows at a time: each program owns one tile of
+  ``G = r (q - p) + (q' - p')`` (p, q row softmaxes of A, B; p', q' column softmaxes; ``r = row_weight /
+  col_weight``; rows only: ``G = q - p``), written in the student operand dtype; the host reduces the panel
+  with the GEMMs ``G @ Sb`` and ``G^T @ Sa`` and applies the loss weight (~1/N) to their O(N d) results, never
+  to G (fp16 subnormals). No atomics. Teachers get no gradient.
 """
 import triton
 import triton.language as tl
 
-from .triton_autotune import kl_backward_configs, kl_forward_configs
-from .triton_tiles import accumulate_grad_dots, logits_tile
+from .triton_autotune import KL_FORWARD_FLAGS, KL_GRAD_PANEL_FLAGS, kl_forward_configs, kl_grad_panel_configs
+from .triton_tiles import logits_tile, store_grad_tile
 
 # Statistic slots along the first axis of the stats buffers (host and kernel).
 NUM_STATS = 5
@@ -37,7 +40,7 @@ def _online_update(old_max, old_sum, tile, axis: tl.constexpr):
     return new_max, old_sum * factor + tl.sum(exps, axis=axis), exps, factor
 
 
-@triton.autotune(configs=kl_forward_configs(), key=["N", "M", "D_S", "D_T"],
+@triton.autotune(configs=kl_forward_configs(), key=["N", "M", "D_S", "D_T"] + KL_FORWARD_FLAGS,
                  restore_value=["row_stats_ptr", "col_stats_ptr"])
 @triton.jit
 def similarity_kl_stats_forward_kernel(
@@ -98,43 +101,34 @@ def similarity_kl_stats_forward_kernel(
         tl.store(row_stats_ptr + SUM_S * row_stat_stride + slot, sum_s, mask=row_ok)
 
 
-@triton.autotune(configs=kl_backward_configs(), key=["N", "M", "D_S", "D_T"],
-                 reset_to_zero=["d_rows_ptr", "d_cols_ptr"])
+@triton.autotune(configs=kl_grad_panel_configs(), key=["M", "D_S", "D_T"] + KL_GRAD_PANEL_FLAGS)
 @triton.jit
-def similarity_kl_backward_kernel(
-        s_rows_ptr, s_cols_ptr, t_rows_ptr, t_cols_ptr, s_mult_ptr, t_mult_ptr, lse_ptr, d_rows_ptr, d_cols_ptr,
-        N, M, D_S, D_T, stride_s_rows, stride_s_cols, stride_t_rows, stride_t_cols, row_weight, col_weight,
-        HAS_COLS: tl.constexpr, NEED_D_ROWS: tl.constexpr, NEED_D_COLS: tl.constexpr, UPCAST: tl.constexpr,
-        S_IS_FP32: tl.constexpr, T_IS_FP32: tl.constexpr, FP32_PRECISION: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """lse: fp32 [row lse_A (N), row lse_B (N), col lse_A (M), col lse_B (M)] concatenated.
-    d_rows += G @ Sb, d_cols += G^T @ Sa with G = dL/dB (fp32 accumulators)."""
-    pr = tl.program_id(0)
-    pc = tl.program_id(1)
-    num_pr = tl.num_programs(0)
-    num_pc = tl.num_programs(1)
+def similarity_kl_grad_panel_kernel(
+        s_rows_ptr, s_cols_ptr, t_rows_ptr, t_cols_ptr, s_mult_ptr, t_mult_ptr, row_lse_ptr, col_lse_ptr, grad_ptr,
+        P, M, D_S, D_T, stride_s_rows, stride_s_cols, stride_t_rows, stride_t_cols, stride_grad, row_ratio,
+        HAS_COLS: tl.constexpr, UPCAST: tl.constexpr, S_IS_FP32: tl.constexpr, T_IS_FP32: tl.constexpr,
+        FP32_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """grad[P, M] = dL/dB / weight for the panel's P rows; grid (row blocks, column blocks).
+
+    row_lse: fp32 [2, P] (teacher, student) of the panel's rows, stride P; col_lse: fp32 [2, M]."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < P
+    col_ok = cols < M
     s_mult = tl.load(s_mult_ptr).to(tl.float32)
     t_mult = tl.load(t_mult_ptr).to(tl.float32)
-    for rb in range(pr, tl.cdiv(N, BLOCK_M), num_pr):
-        rows = rb * BLOCK_M + tl.arange(0, BLOCK_M)
-        row_ok = rows < N
-        row_lse_t = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
-        row_lse_s = tl.load(lse_ptr + N + rows, mask=row_ok, other=0.0)
-        for cb in range(pc, tl.cdiv(M, BLOCK_N), num_pc):
-            cols = cb * BLOCK_N + tl.arange(0, BLOCK_N)
-            col_ok = cols < M
-            a = logits_tile(t_rows_ptr, t_cols_ptr, rows, cols, N, M, D_T, stride_t_rows, stride_t_cols,
-                            BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, T_IS_FP32, FP32_PRECISION) * t_mult
-            b = logits_tile(s_rows_ptr, s_cols_ptr, rows, cols, N, M, D_S, stride_s_rows, stride_s_cols,
-                            BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, S_IS_FP32, FP32_PRECISION) * s_mult
-            valid = row_ok[:, None] & col_ok[None, :]
-            a = tl.where(valid, a, float("-inf"))  # padding: every softmax entry below is exp(-inf) = 0
-            b = tl.where(valid, b, float("-inf"))
-            grad = row_weight * (tl.exp(b - row_lse_s[:, None]) - tl.exp(a - row_lse_t[:, None]))
-            if HAS_COLS:
-                col_lse_t = tl.load(lse_ptr + 2 * N + cols, mask=col_ok, other=0.0)
-                col_lse_s = tl.load(lse_ptr + 2 * N + M + cols, mask=col_ok, other=0.0)
-                grad += col_weight * (tl.exp(b - col_lse_s[None, :]) - tl.exp(a - col_lse_t[None, :]))
-            accumulate_grad_dots(grad, s_rows_ptr, s_cols_ptr, d_rows_ptr, d_cols_ptr, rows, cols, N, M, D_S,
-                                 stride_s_rows, stride_s_cols, NEED_D_ROWS, NEED_D_COLS, BLOCK_D, UPCAST, S_IS_FP32,
-                                 FP32_PRECISION)
+    a = logits_tile(t_rows_ptr, t_cols_ptr, rows, cols, P, M, D_T, stride_t_rows, stride_t_cols,
+                    BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, T_IS_FP32, FP32_PRECISION) * t_mult
+    b = logits_tile(s_rows_ptr, s_cols_ptr, rows, cols, P, M, D_S, stride_s_rows, stride_s_cols,
+                    BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, S_IS_FP32, FP32_PRECISION) * s_mult
+    valid = row_ok[:, None] & col_ok[None, :]
+    a = tl.where(valid, a, float("-inf"))  # padding: every softmax entry below is exp(-inf) = 0
+    b = tl.where(valid, b, float("-inf"))
+    row_lse_t = tl.load(row_lse_ptr + rows, mask=row_ok, other=0.0)
+    row_lse_s = tl.load(row_lse_ptr + P + rows, mask=row_ok, other=0.0)
+    grad = row_ratio * (tl.exp(b - row_lse_s[:, None]) - tl.exp(a - row_lse_t[:, None]))
+    if HAS_COLS:
+        col_lse_t = tl.load(col_lse_ptr + cols, mask=col_ok, other=0.0)
+        col_lse_s = tl.load(col_lse_ptr + M + cols, mask=col_ok, other=0.0)
+        grad += tl.exp(b - col_lse_s[None, :]) - tl.exp(a - col_lse_t[None, :])
+    store_grad_tile(grad_ptr, grad, rows, cols, P, M, stride_grad)

@@ -3,8 +3,8 @@
 * ``logits_tile``: ``X[i, j] = sum_k left[i, k] right[j, k]`` for a BLOCK_M x BLOCK_N tile, looping over the
   feature dim in BLOCK_D chunks with masking (any N, M, D), fp32 accumulator (tensor cores for 16-bit
   inputs, ``FP32_PRECISION`` for fp32 inputs).
-* ``grad_dot``: ``G @ X_chunk`` for the backward, with G rounded to the operand dtype (Flash-Attention's
-  choice for 16-bit inputs) and accumulated in fp32.
+* ``store_grad_tile``: writes a tile of the loss gradient ``G`` in the operand dtype (masked), for the
+  backward's two GEMMs.
 * ``UPCAST`` (set under ``TRITON_INTERPRET=1``): the CPU interpreter cannot ``tl.dot`` bfloat16 (it holds
   them as uint16), so operands are widened to fp32 first; values are unchanged (bf16 x bf16 products are
   exact in fp32), only the GPU's summation order differs.
@@ -43,29 +43,7 @@ def logits_tile(left_ptr, right_ptr, rows, cols, num_rows, num_cols, dim, stride
 
 
 @triton.jit
-def accumulate_grad_dots(grad, left_ptr, right_ptr, d_left_ptr, d_right_ptr, rows, cols, num_rows, num_cols,
-                         dim, stride_left, stride_right, NEED_D_LEFT: tl.constexpr, NEED_D_RIGHT: tl.constexpr,
-                         BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, IS_FP32: tl.constexpr,
-                         FP32_PRECISION: tl.constexpr):
-    """``d_left[rows] += grad @ right[cols]`` and ``d_right[cols] += grad^T @ left[rows]`` (fp32 atomics).
-
-    ``grad`` is the BLOCK_M x BLOCK_N fp32 tile of dL/dX, zero outside the valid block.
-    ``d_left``/``d_right`` are dense fp32 [rows, dim] accumulators.
-    """
-    row_ok = rows < num_rows
-    col_ok = cols < num_cols
-    for d0 in range(0, dim, BLOCK_D):
-        ks = d0 + tl.arange(0, BLOCK_D)
-        k_ok = ks < dim
-        if NEED_D_LEFT:
-            r = tl.load(right_ptr + cols[:, None] * stride_right + ks[None, :], mask=col_ok[:, None] & k_ok[None, :],
-                        other=0.0)
-            part = _dot(grad.to(r.dtype), r, tl.zeros((grad.shape[0], BLOCK_D), dtype=tl.float32), UPCAST, IS_FP32,
-                        FP32_PRECISION)
-            tl.atomic_add(d_left_ptr + rows[:, None] * dim + ks[None, :], part, mask=row_ok[:, None] & k_ok[None, :])
-        if NEED_D_RIGHT:
-            l = tl.load(left_ptr + rows[:, None] * stride_left + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
-                        other=0.0)
-            part = _dot(tl.trans(grad).to(l.dtype), l, tl.zeros((grad.shape[1], BLOCK_D), dtype=tl.float32), UPCAST,
-                        IS_FP32, FP32_PRECISION)
-            tl.atomic_add(d_right_ptr + cols[:, None] * dim + ks[None, :], part, mask=col_ok[:, None] & k_ok[None, :])
+def store_grad_tile(grad_ptr, grad, rows, cols, num_rows, num_cols, stride_grad):
+    """``grad_ptr[rows, cols] = grad`` rounded to the buffer's dtype; padding rows/columns are not written."""
+    mask = (rows < num_rows)[:, None] & (cols < num_cols)[None, :]
+    tl.store(grad_ptr + rows[:, None] * stride_grad + cols[None, :], grad.to(grad_ptr.dtype.element_ty), mask=mask)
