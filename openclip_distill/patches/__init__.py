@@ -9,3 +9,5 @@ loss and task tests, and a comparison of the patched losses' values and gradient
 """
 from .check import run_check
 from .series import SERIES, series_patches
+
+__all__ = ["run_check", "SERIES", "series_patches"]

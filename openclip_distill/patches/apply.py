@@ -1,7 +1,7 @@
-"""Apply a patch series in order: ``git am`` in a git checkout (one commit per patch), else ``git apply``."""
+"""Apply a patch series in order: ``git am`` for ``git format-patch`` files in a git checkout (one commit
+per patch), ``git apply`` otherwise (a plain folder, or a bare diff such as the release patch)."""
 import subprocess
 from pathlib import Path
-from typing import List
 
 from ..errors import DistillUsageError
 
@@ -13,6 +13,12 @@ def _first_error_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.lower().startswith(("error", "fatal"))]
     return (errors or lines or ["(no output)"])[0]
+
+
+def is_mailbox_patch(patch: Path) -> bool:
+    """A ``git format-patch`` file (``From <sha> ...`` header), which ``git am`` can commit."""
+    with open(patch) as f:
+        return f.readline().startswith("From ")
 
 
 def apply_patch(tree: Path, patch: Path, use_git_am: bool, base_commit: str = "") -> str:
@@ -35,6 +41,3 @@ def apply_patch(tree: Path, patch: Path, use_git_am: bool, base_commit: str = ""
             f"check out {against} (see patches/README.md) or rebase the series")
     return "git am" if use_git_am else "git apply"
 
-
-def apply_series(tree: Path, patches: List[Path], use_git_am: bool, base_commit: str = "") -> List[str]:
-    return [apply_patch(tree, p, use_git_am, base_commit) for p in patches]

@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional
 
-from .apply import apply_patch
+from .apply import apply_patch, is_mailbox_patch
 from .series import MAIN_BASE_COMMIT, series_patches, series_test_files
 from .source_tree import copy_checkout, copy_installed_package, head_commit, is_git_checkout
 from .summary import Step, timed
@@ -32,13 +32,15 @@ def _parity_steps(series: str, tree: Path, timeout: float = 900) -> List[Step]:
 
 
 def run_check(source: Optional[str] = None, series: Optional[str] = None, workdir: Optional[str] = None,
-              upstream_tests=UPSTREAM_TESTS) -> List[Step]:
+              upstream_tests: Optional[List[str]] = None) -> List[Step]:
     """Check ``series`` (default: ``main`` with ``source``, else ``v3.3`` on the installed open_clip).
 
     Returns the steps; a DistillUsageError (missing folder, patch that does not apply) stops early.
     """
     series = series or ("main" if source else "v3.3")
     patches = series_patches(series)
+    if upstream_tests is None:
+        upstream_tests = UPSTREAM_TESTS[series]
     steps = []
     with tempfile.TemporaryDirectory(prefix="openclip-patches-", dir=workdir) as tmp:
         tree = Path(tmp) / "open_clip"
@@ -55,11 +57,11 @@ def run_check(source: Optional[str] = None, series: Optional[str] = None, workdi
                 where = f"installed open_clip {open_clip.__version__} ({Path(open_clip.__file__).parent})"
         steps.append(Step("copy sources", True, where, elapsed()))
 
-        use_git_am = is_git_checkout(tree)
+        in_git = is_git_checkout(tree)
         base = MAIN_BASE_COMMIT if series == "main" else ""
         for patch in patches:
             with timed() as elapsed:
-                how = apply_patch(tree, patch, use_git_am, base)
+                how = apply_patch(tree, patch, in_git and is_mailbox_patch(patch), base)
             steps.append(Step(f"apply {series}/{patch.name}", True, how, elapsed()))
 
         own_tests = series_test_files(patches)

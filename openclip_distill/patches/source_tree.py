@@ -19,7 +19,8 @@ def copy_checkout(source: Path, dest: Path) -> Path:
     if not (source / "src" / "open_clip" / "__init__.py").is_file():
         raise DistillUsageError(f"--source {source}: not an OpenCLIP checkout (no src/open_clip/__init__.py); "
                                 f"pass the repository root")
-    shutil.copytree(source, dest, symlinks=True)
+    shutil.copytree(source, dest, symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", "*.egg-info"))
     return dest
 
 

@@ -2,7 +2,7 @@
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 
 @dataclass
@@ -10,7 +10,7 @@ class Step:
     name: str
     ok: bool
     detail: str = ""
-    seconds: float = 0.0
+    seconds: Optional[float] = None  # None: not timed on its own (e.g. one comparison of a parity run)
 
 
 @contextmanager
@@ -24,7 +24,8 @@ def timed():
 
 def format_table(steps: List[Step]) -> str:
     rows = [("step", "result", "time", "detail")]
-    rows += [(s.name, "ok" if s.ok else "FAIL", f"{s.seconds:.1f}s", s.detail) for s in steps]
+    rows += [(s.name, "ok" if s.ok else "FAIL", "" if s.seconds is None else f"{s.seconds:.1f}s", s.detail)
+             for s in steps]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = []
     for i, r in enumerate(rows):

@@ -6,15 +6,19 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-# OpenCLIP's own tests of the code the series touches: losses, the task objects, create_task, params.
-UPSTREAM_TESTS = (
-    "tests/test_loss.py",
-    "tests/test_siglip_chunked_loss.py",
-    "tests/test_task_base_unit.py",
-    "tests/test_task_specific_unit.py",
-    "tests/test_factory_task.py",
-    "tests/test_params.py",
-)
+# OpenCLIP's own tests of the code each series touches: losses, the task objects, create_task, params.
+# The 3.3 release has no loss or task tests (its tests download weights or need training data).
+UPSTREAM_TESTS = {
+    "main": (
+        "tests/test_loss.py",
+        "tests/test_siglip_chunked_loss.py",
+        "tests/test_task_base_unit.py",
+        "tests/test_task_specific_unit.py",
+        "tests/test_factory_task.py",
+        "tests/test_params.py",
+    ),
+    "v3.3": (),
+}
 
 _COUNTS = re.compile(r"(\d+) (passed|failed|errors?|skipped)")
 
