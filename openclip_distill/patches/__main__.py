@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
                             f"installed open_clip package (release series)")
     check.add_argument("--series", choices=SERIES, default=None,
                        help="patches/<series> to apply (default: main with --source, else v3.3)")
+    check.add_argument("--all-task-tests", action="store_true",
+                       help="main series: also run OpenCLIP's checkpoint/compile/FSDP/eval/CLAP task tests "
+                            "(several more minutes on a CPU)")
     check.add_argument("--workdir", default=None, help="where to make the temporary copy (default: system temp)")
     return parser
 
@@ -29,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        steps = run_check(source=args.source, series=args.series, workdir=args.workdir)
+        steps = run_check(source=args.source, series=args.series, workdir=args.workdir,
+                          all_task_tests=args.all_task_tests)
     except DistillUsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

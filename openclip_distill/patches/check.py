@@ -10,7 +10,7 @@ from .apply import apply_patch, is_mailbox_patch
 from .series import MAIN_BASE_COMMIT, series_patches, series_test_files
 from .source_tree import copy_checkout, copy_installed_package, head_commit, is_git_checkout
 from .summary import Step, timed
-from .upstream_tests import UPSTREAM_TESTS, patched_env, run_pytest
+from .upstream_tests import MORE_TASK_TESTS, UPSTREAM_TESTS, patched_env, run_pytest
 
 
 def _parity_steps(series: str, tree: Path, timeout: float = 900) -> List[Step]:
@@ -32,15 +32,20 @@ def _parity_steps(series: str, tree: Path, timeout: float = 900) -> List[Step]:
 
 
 def run_check(source: Optional[str] = None, series: Optional[str] = None, workdir: Optional[str] = None,
-              upstream_tests: Optional[List[str]] = None) -> List[Step]:
+              upstream_tests: Optional[List[str]] = None, all_task_tests: bool = False) -> List[Step]:
     """Check ``series`` (default: ``main`` with ``source``, else ``v3.3`` on the installed open_clip).
+
+    ``upstream_tests`` overrides the OpenCLIP test files to run (default ``UPSTREAM_TESTS[series]``, plus
+    ``MORE_TASK_TESTS`` on main with ``all_task_tests``).
 
     Returns the steps; a DistillUsageError (missing folder, patch that does not apply) stops early.
     """
     series = series or ("main" if source else "v3.3")
     patches = series_patches(series)
     if upstream_tests is None:
-        upstream_tests = UPSTREAM_TESTS[series]
+        upstream_tests = list(UPSTREAM_TESTS[series])
+        if all_task_tests and series == "main":
+            upstream_tests += MORE_TASK_TESTS
     steps = []
     with tempfile.TemporaryDirectory(prefix="openclip-patches-", dir=workdir) as tmp:
         tree = Path(tmp) / "open_clip"

@@ -20,6 +20,16 @@ UPSTREAM_TESTS = {
     "v3.3": (),
 }
 
+# The remaining task tests on main (checkpointing, torch.compile, FSDP units, eval and CLAP tasks): they
+# pass on the patched tree too but take minutes on a small CPU, so they run with --all-task-tests.
+MORE_TASK_TESTS = (
+    "tests/test_task_checkpoint.py",
+    "tests/test_task_compile.py",
+    "tests/test_task_fsdp_unit.py",
+    "tests/test_eval_task.py",
+    "tests/test_clap_task.py",
+)
+
 _COUNTS = re.compile(r"(\d+) (passed|failed|errors?|skipped)")
 
 
