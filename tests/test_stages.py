@@ -134,3 +134,19 @@ def test_stage_file_errors_before_training(over, needle, tiny_corpus, tmp_path):
     last = res.stderr.strip().splitlines()[-1]
     assert res.returncode == 2 and needle in last and "--stages" in last, res.stderr[-2000:]
     assert not (tmp_path / "bad" / "checkpoints").exists()  # nothing started
+
+
+def test_shipped_dc_clip_stage_file_parses():
+    from pathlib import Path
+
+    from openclip_distill.params import parse_args
+    from openclip_distill.stages import load_stages
+
+    path = Path(__file__).resolve().parent.parent / "configs" / "stages" / "dc_clip.yaml"
+    args = parse_args(["--stages", str(path), "--distill-teacher", "hf:BAAI/AltCLIP", "--model",
+                       "xlm-roberta-base-ViT-B-32", "--student-text-tower", "train", "--batch-size", "256"])
+    first, second = load_stages(args, parse_args)
+    assert (first.name, first.args.distill_loss, first.args.epochs) == ("feature-distillation", "feature", 10)
+    assert first.args.distill_loss_kwargs["distance"] == "smooth_l1" and first.args.lr == 5e-4
+    assert (second.args.distill_loss, second.args.epochs, second.args.lr) == ("contrastive", 2, 1e-4)
+    assert second.args.train_data.startswith("/data/pairs/") and second.args.batch_size == 256
