@@ -2,3 +2,5 @@
 from .dime_fm import DimeFMLoss
 from .clip_distill import ClipDistillLoss
 from .feature import FeatureDistillLoss
+from .clip_kd import ClipKDLoss
+from .affinity import AffinityMimickingLoss
