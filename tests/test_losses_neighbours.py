@@ -290,6 +290,72 @@ def test_triton_matches_formula_under_the_interpreter():
     assert proc.returncode == 0 and "checked" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+# ---- torch.distributed (2 gloo CPU processes, slow) -----------------------------------------------------
+
+DIST_SPLITS = {"unequal": (7, 6), "equal": (7, 7)}
+
+
+def _distributed_case(impl, split, rank=None):
+    """(loss terms, grads of the student features and scale) on rank ``rank``'s rows, or on all rows."""
+    sizes = DIST_SPLITS[split]
+    (I, T), (It, Tt) = features(8, 12, 16, rows=sum(sizes))
+    rows = slice(None) if rank is None else slice(sum(sizes[:rank]), sum(sizes[:rank + 1]))
+    I, T = I.detach()[rows].clone().requires_grad_(True), T.detach()[rows].clone().requires_grad_(True)
+    It, Tt = It[rows], Tt[rows]
+    s = torch.tensor(30.0, requires_grad=True)
+    if split == "unequal":
+        out = {"ce_rows": cross_entropy_rows(I, T, s, impl=impl)}  # columns gathered with gradient
+    else:
+        torch.manual_seed(0)  # the same map initialisation on every rank and in the reference
+        kd = create_distill_loss("clip-kd", impl=impl, context={"student_embed_dim": 12, "teacher_embed_dim": 16})
+        out = kd(I, T, s, It, Tt, torch.tensor(60.0), output_dict=True)
+        out.update(create_distill_loss("affinity", impl=impl, clip_weight=0.5)(I, T, s, It, Tt, output_dict=True))
+    grads = torch.autograd.grad(sum(out.values()), [I, T, s], allow_unused=True)
+    return {k: v.detach() for k, v in out.items()}, grads
+
+
+def _distributed_worker(rank, port, out_dir):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        results = {(impl, split): _distributed_case(impl, split, rank)
+                   for impl in ("naive", "chunked", "triton") for split in DIST_SPLITS}
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_distributed_matches_the_concatenated_batch(tmp_path):
+    """Per OpenCLIP's local-loss convention: the mean over ranks of each rank's loss is the loss of the whole
+    batch and each rank's features get world_size times their share of its gradient (FD's per-rank mean
+    needs equal per-rank batches, as the trainer's are)."""
+    import socket
+    import torch.multiprocessing as mp
+    pytest.importorskip("triton")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ["TRITON_INTERPRET"] = "1"  # read by the children's first Triton import
+    try:
+        mp.spawn(_distributed_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    finally:
+        del os.environ["TRITON_INTERPRET"]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for (impl, split) in ranks[0]:
+        want, want_grads = _distributed_case("naive", split)
+        for k, v in want.items():
+            got = (ranks[0][impl, split][0][k] + ranks[1][impl, split][0][k]) / 2
+            torch.testing.assert_close(got, v, rtol=2e-5, atol=2e-5, msg=f"{impl} {split} {k}")
+        sizes = DIST_SPLITS[split]
+        for r in range(2):
+            rows = slice(sum(sizes[:r]), sum(sizes[:r + 1]))
+            for got, full in zip(ranks[r][impl, split][1][:2], want_grads[:2]):
+                if full is not None:
+                    torch.testing.assert_close(got, 2 * full[rows], rtol=1e-4, atol=1e-5)
+        scale = (ranks[0][impl, split][1][2] + ranks[1][impl, split][1][2]) / 2
+        torch.testing.assert_close(scale, want_grads[2], rtol=1e-4, atol=1e-5)
+
 if __name__ == "__main__":  # worker of the test above
     assert os.environ.get("TRITON_INTERPRET") == "1"
     for dims in ((16, 16), (12, 16)):
