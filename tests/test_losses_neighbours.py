@@ -1,5 +1,6 @@
 """`clip-kd` (CLIP-KD) and `affinity` (TinyCLIP) against float64 formulas written out here and OpenCLIP's
-own ClipLoss / DistillClipLoss, for the naive and chunked implementations; their CLI runs on paired data."""
+own ClipLoss / DistillClipLoss: values and gradients for the naive, chunked and (interpreted) triton
+implementations, under torch.distributed (slow), and their CLI runs on paired data."""
 import math
 import os
 import subprocess
@@ -44,7 +45,8 @@ def n(x):
 
 
 def log_softmax_rows(x):
-    return x - x.exp().sum(1, keepdim=True).log() if x.abs().max() < 300 else x - x.logsumexp(1, keepdim=True)
+    """x_ij - log sum_k exp x_ik (float64: no overflow for the |x| <= 100 used here)."""
+    return x - x.exp().sum(1, keepdim=True).log()
 
 
 def ce_rows(x):
@@ -134,8 +136,8 @@ def check_clip_kd(impl, dims):
     got = torch.autograd.grad(sum(out.values()), params)
     ref = torch.autograd.grad(sum(want.values()), params)
     for name, a, b in zip(("I", "T", "s", "P_i.weight", "P_t.bias"), got, ref):
-        # gradient entries are at most ~ (logit range) * (weights) / N; their fp32 error follows the logits'
-        assert_close_fp32(a, b, b.abs().max().item() * softmax_scale + fd_magnitude / N, length, f"d{name}")
+        # a logit off by e shifts the softmax weights by a relative ~e, and e <~ u * (logit range)
+        assert_close_fp32(a, b, b.abs().max().item() * softmax_scale, length, f"d{name}")
     assert It.grad is None and Tt.grad is None
 
 
@@ -203,7 +205,7 @@ def check_affinity(impl, dims):
     got = torch.autograd.grad(sum(out.values()), [I, T, s])
     ref = torch.autograd.grad(sum(want.values()), [I, T, s])
     for name, a, b in zip("ITs", got, ref):
-        assert_close_fp32(a, b, b.abs().max().item() * 4 * c, length, f"d{name}")
+        assert_close_fp32(a, b, b.abs().max().item() * 4 * c, length, f"d{name}")  # as for clip-kd
 
 
 def test_affinity_is_openclip_distill_term_at_a_common_scale(impl):
