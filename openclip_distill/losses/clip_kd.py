@@ -1,0 +1,127 @@
+"""CLIP-KD's best recipe (Yang et al., "CLIP-KD: An Empirical Study of CLIP Model Distillation", CVPR 2024).
+
+With ``I, T`` the student's normalised image/text features, ``I_t, T_t`` the teacher's, ``s`` the
+student's logit scale, ``s_t`` the teacher's, ``CE_rows(X)`` the mean over rows of the cross-entropy
+against the diagonal and ``KL_bi(A, B) = KL_rows(A, B) + KL_rows(A^T, B^T)`` (teacher ``A`` as target,
+batchmean):
+
+    task = 1/2 (CE_rows(s I T^T) + CE_rows(s T I^T))                 (CLIP's InfoNCE)
+    CRD  = 1/2 KL_bi(s_t I_t T_t^T, s I T^T)                         (contrastive relational distillation, tau = 1)
+    ICL  = 1/2 (CE_rows(s I T_t^T) + CE_rows(s T I_t^T))             (interactive contrastive learning)
+    FD   = mean((P_i I - I_t)^2) + mean((P_t T - T_t)^2)             (feature distillation)
+    L    = task_weight * task + crd_weight * CRD + icl_weight * ICL + fd_weight * FD
+
+``P_i, P_t`` are learned linear maps (with bias) from the student's width to the teacher's, identity at
+initialisation when the widths match; the means run over the batch and the dimensions. ICL puts student
+queries against teacher keys, so it needs one width: when the widths differ it uses the FD maps,
+``n(P_i I)`` and ``n(P_t T)`` with ``n`` the row-wise L2 normalisation (CLIP-KD does the same), which
+also trains the maps through ICL; when they match it uses ``I`` and ``T`` as they are. The maps train
+with the student and are saved in training checkpoints (``loss_state_dict``), never in the exported
+student. Every similarity matrix goes through ``openclip_distill.kernels`` (``impl``), so with
+``impl="chunked"`` or ``"triton"`` no N x N matrix is materialised.
+"""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import DistillUsageError
+from ..kernels import contrastive_loss, similarity_kl_loss
+from ..kernels.distributed import resolve_world
+from ..kernels.functional import _columns_and_layout, _fused, resolve_impl
+from ..kernels.scale import scale_tensor
+from ..registry import register_loss
+from .feature import make_adapter
+
+
+def cross_entropy_rows(rows, cols, logit_scale, *, impl="auto", distributed=None):
+    """One direction of InfoNCE: ``CE_rows(s R C^T) = mean_i (lse_j s r_i.c_j - s r_i.c_i)``.
+
+    Row ``i`` of ``rows`` is paired with row ``i`` of ``cols``. ``impl`` and ``distributed`` as in
+    ``contrastive_loss`` (distributed: ``cols`` is all-gathered with gradient, each rank averages its
+    own rows and the mean over ranks is the global loss); the fused kernels run rows-only.
+    """
+    impl = resolve_impl(impl, rows)
+    if rows.shape[0] != cols.shape[0]:
+        raise ValueError(f"cross_entropy_rows needs paired rows, got {rows.shape[0]} and {cols.shape[0]}")
+    scale = scale_tensor(logit_scale, rows)
+    cols, layout = _columns_and_layout(resolve_world(distributed), rows, cols, lambda n, m: (1.0 / n, 0.0))
+    if impl == "naive":
+        logits = scale * rows.float() @ cols.float().T
+        targets = torch.arange(layout.col_start, layout.col_stop, device=rows.device)
+        return layout.row_weight * F.cross_entropy(logits, targets, reduction="sum")
+    infonce, _ = _fused(impl)
+    return infonce(rows, cols, scale, layout)
+
+
+@register_loss("clip-kd")
+class ClipKDLoss(nn.Module):
+    """CLIP-KD: task InfoNCE + CRD + ICL + FD on paired data (see the module docstring)."""
+
+    requires_paired_data = True
+
+    def __init__(self, task_weight=1.0, crd_weight=1.0, icl_weight=1.0, fd_weight=2000.0,
+                 student_embed_dim: Optional[int] = None, teacher_embed_dim: Optional[int] = None, impl="auto"):
+        super().__init__()
+        weights = dict(task_weight=task_weight, crd_weight=crd_weight, icl_weight=icl_weight, fd_weight=fd_weight)
+        for name, value in weights.items():
+            if float(value) < 0:
+                raise DistillUsageError(f"--distill-loss-kwargs: clip-kd {name}={value} must be >= 0")
+        if not any(float(v) for v in weights.values()):
+            raise DistillUsageError("--distill-loss-kwargs: clip-kd needs at least one weight > 0")
+        self.task_weight, self.crd_weight = float(task_weight), float(crd_weight)
+        self.icl_weight, self.fd_weight = float(icl_weight), float(fd_weight)
+        self.impl = impl
+        s_dim = student_embed_dim or teacher_embed_dim
+        t_dim = teacher_embed_dim or student_embed_dim
+        self.widths_differ = bool(s_dim) and s_dim != t_dim
+        needs_maps = bool(s_dim) and (self.fd_weight or (self.icl_weight and self.widths_differ))
+        self.image_map = make_adapter(s_dim, t_dim) if needs_maps else None
+        self.text_map = make_adapter(s_dim, t_dim) if needs_maps else None
+
+    @staticmethod
+    def _mapped(x, linear_map, width, name):
+        """``P x`` in the map's dtype (fp32 under autocast); ``x`` itself without a map."""
+        out = linear_map(x.to(linear_map.weight.dtype)) if linear_map is not None else x
+        if out.shape[-1] != width:
+            raise DistillUsageError(
+                f"--distill-loss clip-kd: student {name} features have {out.shape[-1]} dims, the teacher's "
+                f"{width}; build the loss with student_embed_dim/teacher_embed_dim (the CLI does)")
+        return out
+
+    def forward(self, image_features, text_features, logit_scale, dist_image_features, dist_text_features,
+                dist_logit_scale, output_dict=False):
+        if text_features is None:
+            raise DistillUsageError("--distill-loss clip-kd needs the student's own text features; "
+                                    "use --student-text-tower train")
+        teacher_i, teacher_t = dist_image_features.detach(), dist_text_features.detach()
+        zero = image_features.new_zeros((), dtype=torch.float32)
+        out = {"task_loss": zero, "crd_loss": zero, "icl_loss": zero, "fd_loss": zero}
+        if self.task_weight:
+            out["task_loss"] = self.task_weight * contrastive_loss(image_features, text_features, logit_scale,
+                                                                   impl=self.impl)
+        if self.crd_weight:
+            out["crd_loss"] = self.crd_weight * 0.5 * similarity_kl_loss(
+                image_features, text_features, teacher_i, teacher_t, student_scale=logit_scale,
+                teacher_scale=dist_logit_scale, bidirectional=True, impl=self.impl)
+        width = teacher_i.shape[-1]
+        mapped_i = mapped_t = None
+        if self.fd_weight or (self.icl_weight and self.widths_differ):
+            mapped_i = self._mapped(image_features, self.image_map, width, "image")
+            mapped_t = self._mapped(text_features, self.text_map, width, "text")
+        if self.icl_weight:
+            if self.widths_differ:
+                query_i, query_t = F.normalize(mapped_i, dim=-1), F.normalize(mapped_t, dim=-1)
+            else:
+                query_i = self._mapped(image_features, None, width, "image")
+                query_t = self._mapped(text_features, None, width, "text")
+            out["icl_loss"] = self.icl_weight * 0.5 * (
+                cross_entropy_rows(query_i, teacher_t, logit_scale, impl=self.impl)
+                + cross_entropy_rows(query_t, teacher_i, logit_scale, impl=self.impl))
+        if self.fd_weight:
+            out["fd_loss"] = self.fd_weight * (F.mse_loss(mapped_i, teacher_i.to(mapped_i.dtype))
+                                               + F.mse_loss(mapped_t, teacher_t.to(mapped_t.dtype)))
+        if output_dict:
+            return out
+        return sum(out.values())
