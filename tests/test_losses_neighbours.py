@@ -16,7 +16,7 @@ from openclip_distill import create_distill_loss, list_losses
 from openclip_distill import main as distill_main
 from openclip_distill.errors import DistillUsageError
 from openclip_distill.kernels import chunked
-from openclip_distill.losses.clip_kd import cross_entropy_rows
+from openclip_distill.kernels import cross_entropy_rows
 
 from test_cli import base_args, read_losses
 

@@ -86,6 +86,25 @@ def contrastive_loss(image_features, text_features, logit_scale, *, impl="auto",
     return _run_fused(requested, impl, 0, image_features, texts, scale, layout)
 
 
+def cross_entropy_rows(rows, cols, logit_scale, *, impl="auto", distributed=None):
+    """One direction of InfoNCE: ``CE_rows(s R C^T) = mean_i (lse_j s r_i.c_j - s r_i.c_i)``.
+
+    Row ``i`` of ``rows`` is paired with row ``i`` of ``cols``. ``impl`` and ``distributed`` as in
+    ``contrastive_loss`` (distributed: ``cols`` is all-gathered with gradient, each rank averages its
+    own rows and the mean over ranks is the global loss); the fused kernels run rows-only.
+    """
+    requested, impl = impl, resolve_impl(impl, rows)
+    if rows.shape[0] != cols.shape[0]:
+        raise ValueError(f"cross_entropy_rows needs paired rows, got {rows.shape[0]} and {cols.shape[0]}")
+    scale = scale_tensor(logit_scale, rows)
+    cols, layout = _columns_and_layout(resolve_world(distributed), rows, cols, lambda n, m: (1.0 / n, 0.0))
+    if impl == "naive":
+        logits = scale * rows.float() @ cols.float().T
+        targets = torch.arange(layout.col_start, layout.col_stop, device=rows.device)
+        return layout.row_weight * torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    return _run_fused(requested, impl, 0, rows, cols, scale, layout)
+
+
 def similarity_kl_loss(student_a, student_b, teacher_a, teacher_b, *, student_scale, teacher_scale,
                        temperature=1.0, bidirectional=True, impl="auto", distributed=None):
     """DIME-FM similarity KL (DESIGN.md section 2), teacher as target, batchmean, no tau^2 factor:

@@ -27,32 +27,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import DistillUsageError
-from ..kernels import contrastive_loss, similarity_kl_loss
-from ..kernels.distributed import resolve_world
-from ..kernels.functional import _columns_and_layout, _fused, resolve_impl
-from ..kernels.scale import scale_tensor
+from ..kernels import contrastive_loss, cross_entropy_rows, similarity_kl_loss
 from ..registry import register_loss
 from .feature import make_adapter
-
-
-def cross_entropy_rows(rows, cols, logit_scale, *, impl="auto", distributed=None):
-    """One direction of InfoNCE: ``CE_rows(s R C^T) = mean_i (lse_j s r_i.c_j - s r_i.c_i)``.
-
-    Row ``i`` of ``rows`` is paired with row ``i`` of ``cols``. ``impl`` and ``distributed`` as in
-    ``contrastive_loss`` (distributed: ``cols`` is all-gathered with gradient, each rank averages its
-    own rows and the mean over ranks is the global loss); the fused kernels run rows-only.
-    """
-    impl = resolve_impl(impl, rows)
-    if rows.shape[0] != cols.shape[0]:
-        raise ValueError(f"cross_entropy_rows needs paired rows, got {rows.shape[0]} and {cols.shape[0]}")
-    scale = scale_tensor(logit_scale, rows)
-    cols, layout = _columns_and_layout(resolve_world(distributed), rows, cols, lambda n, m: (1.0 / n, 0.0))
-    if impl == "naive":
-        logits = scale * rows.float() @ cols.float().T
-        targets = torch.arange(layout.col_start, layout.col_stop, device=rows.device)
-        return layout.row_weight * F.cross_entropy(logits, targets, reduction="sum")
-    infonce, _ = _fused(impl)
-    return infonce(rows, cols, scale, layout)
 
 
 @register_loss("clip-kd")
