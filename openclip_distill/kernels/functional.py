@@ -107,7 +107,7 @@ def cross_entropy_rows(rows, cols, logit_scale, *, impl="auto", distributed=None
 
 def similarity_kl_loss(student_a, student_b, teacher_a, teacher_b, *, student_scale, teacher_scale,
                        temperature=1.0, bidirectional=True, impl="auto", distributed=None):
-    """DIME-FM similarity KL (DESIGN.md section 2), teacher as target, batchmean, no tau^2 factor:
+    """DIME-FM similarity KL (Sun et al., ICCV 2023), teacher as target, batchmean, no tau^2 factor:
 
         A = teacher_scale * teacher_a teacher_b^T / tau,   B = student_scale * student_a student_b^T / tau
         L = KL_rows(A, B) [+ KL_rows(A^T, B^T) when bidirectional]

@@ -40,7 +40,7 @@ def kl_rows_naive(teacher_logits, student_logits, temperature=1.0):
 
 def similarity_kl_loss_naive(student_a, student_b, teacher_a, teacher_b, *, student_scale, teacher_scale,
                              temperature=1.0, bidirectional=True):
-    """KL between teacher and student similarity softmaxes (DESIGN.md section 2):
+    """KL between teacher and student similarity softmaxes (DIME-FM, Sun et al., ICCV 2023):
 
         A = t_s * teacher_a teacher_b^T,  B = s_s * student_a student_b^T
         KL_rows(A, B; tau)  (+ KL_rows(A^T, B^T; tau) when bidirectional)
