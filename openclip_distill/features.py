@@ -14,6 +14,7 @@ from contextlib import nullcontext
 import torch
 from open_clip_train.precision import get_autocast
 
+from .compute_dtype import at_least_fp32
 from .data.views import ModelInput
 
 
@@ -46,14 +47,14 @@ class DistillFeatures:
     def teacher_features(self, images, texts) -> dict:
         with self.teacher_autocast():
             out = {
-                "dist_image_features": self.teacher.encode_image(
-                    self.teacher_input(images).to(self.teacher_dtype), normalize=True).float(),
-                "dist_text_features": self.teacher.encode_text(
-                    self.teacher_tokenizer(texts).to(self.device), normalize=True).float(),
+                "dist_image_features": at_least_fp32(self.teacher.encode_image(
+                    self.teacher_input(images).to(self.teacher_dtype), normalize=True)),
+                "dist_text_features": at_least_fp32(self.teacher.encode_text(
+                    self.teacher_tokenizer(texts).to(self.device), normalize=True)),
             }
-        out["dist_logit_scale"] = self.teacher.logit_scale.exp().float().reshape(())
+        out["dist_logit_scale"] = at_least_fp32(self.teacher.logit_scale.exp()).reshape(())
         if getattr(self.teacher, "logit_bias", None) is not None:
-            out["dist_logit_bias"] = self.teacher.logit_bias.float().reshape(())
+            out["dist_logit_bias"] = at_least_fp32(self.teacher.logit_bias).reshape(())
         return out
 
     def student_features(self, images, texts, grad=True) -> dict:
@@ -64,7 +65,7 @@ class DistillFeatures:
         feats = {"image_features": out["image_features"],
                  "text_features": out["text_features"] if self.student_text else None}
         # clamp inside the forward (not in place after the step): ZeRO keeps fp32 master weights
-        feats["logit_scale"] = out["logit_scale"].float().clamp(max=100.0).reshape(())
+        feats["logit_scale"] = at_least_fp32(out["logit_scale"]).clamp(max=100.0).reshape(())
         if out.get("logit_bias") is not None:
             feats["logit_bias"] = out["logit_bias"].reshape(())
         return feats

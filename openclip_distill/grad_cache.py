@@ -12,6 +12,8 @@ The parameter gradient equals the one of a single batch K times as large.
 """
 import torch
 
+from .compute_dtype import at_least_fp32
+
 STUDENT_BATCH_KEYS = ("image_features", "text_features")
 STUDENT_SCALAR_KEYS = ("logit_scale", "logit_bias")
 
@@ -86,9 +88,10 @@ def grad_cache_backward(engine, features, loss, micro_batches, is_finite=None):
                     continue
                 if k in STUDENT_BATCH_KEYS:
                     n = out[k].shape[0]
-                    surrogate = surrogate + (out[k].float() * g[offsets[k]:offsets[k] + n].float()).sum()
+                    rows = g[offsets[k]:offsets[k] + n]
+                    surrogate = surrogate + (at_least_fp32(out[k]) * at_least_fp32(rows)).sum()
                     offsets[k] += n
                 elif j == 0:  # a scalar shared by all micro-batches: its gradient counts once
-                    surrogate = surrogate + (out[k].float() * g.float()).sum()
+                    surrogate = surrogate + (at_least_fp32(out[k]) * at_least_fp32(g)).sum()
             engine.backward(surrogate)
     return losses, True

@@ -1,16 +1,25 @@
 """Materialised reference implementations of the similarity-matrix losses.
 
-These build the full N x M logit matrices in fp32 and are the oracle every other
-implementation (``chunked``, ``triton``) is tested against.
+These build the full N x M logit matrices in fp32 (float64 for float64 features) and are the oracle
+every other implementation (``chunked``, ``triton``) is tested against.
 """
 import torch
 import torch.nn.functional as F
 
+from ..compute_dtype import at_least_fp32, compute_dtype
+
 
 def _scale(scale, like: torch.Tensor):
     if isinstance(scale, torch.Tensor):
-        return scale.float().reshape(())
-    return torch.tensor(float(scale), device=like.device, dtype=torch.float32)
+        return scale.to(compute_dtype(like)).reshape(())
+    return torch.tensor(float(scale), device=like.device, dtype=compute_dtype(like))
+
+
+def _logits(scale, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``scale * a b^T`` in ``compute_dtype(a, b)``."""
+    dtype = compute_dtype(a, b)
+    a, b = a.to(dtype), b.to(dtype)
+    return _scale(scale, a) * a @ b.T
 
 
 def contrastive_loss_naive(image_features, text_features, logit_scale):
@@ -18,16 +27,15 @@ def contrastive_loss_naive(image_features, text_features, logit_scale):
 
         S = s * I T^T,  L = 1/2 (CE(S, diag) + CE(S^T, diag))
     """
-    s = _scale(logit_scale, image_features)
-    logits = s * image_features.float() @ text_features.float().T
+    logits = _logits(logit_scale, image_features, text_features)
     labels = torch.arange(logits.shape[0], device=logits.device)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
 
 def kl_rows_naive(teacher_logits, student_logits, temperature=1.0):
     """KL_rows(A, B; tau) = mean_i KL(softmax(A_i/tau) || softmax(B_i/tau)) (batchmean, no tau^2)."""
-    t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
-    s = F.log_softmax(student_logits.float() / temperature, dim=1)
+    t = F.log_softmax(at_least_fp32(teacher_logits) / temperature, dim=1)
+    s = F.log_softmax(at_least_fp32(student_logits) / temperature, dim=1)
     return (t.exp() * (t - s)).sum(dim=1).mean()
 
 
@@ -39,8 +47,8 @@ def similarity_kl_loss_naive(student_a, student_b, teacher_a, teacher_b, *, stud
         KL_rows(A, B; tau)  (+ KL_rows(A^T, B^T; tau) when bidirectional)
     """
     with torch.no_grad():
-        teacher_logits = _scale(teacher_scale, teacher_a) * teacher_a.float() @ teacher_b.float().T
-    student_logits = _scale(student_scale, student_a) * student_a.float() @ student_b.float().T
+        teacher_logits = _logits(teacher_scale, teacher_a, teacher_b)
+    student_logits = _logits(student_scale, student_a, student_b)
     loss = kl_rows_naive(teacher_logits, student_logits, temperature)
     if bidirectional:
         loss = loss + kl_rows_naive(teacher_logits.T, student_logits.T, temperature)
