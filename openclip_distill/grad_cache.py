@@ -15,6 +15,7 @@ is shared by all micro-batches, so any loss input a task produces works.
 """
 import torch
 
+from .compute_dtype import at_least_fp32
 
 def _rng_state(device):
     state = {"cpu": torch.get_rng_state()}
@@ -90,12 +91,13 @@ def grad_cache_backward(engine, task, loss, micro_batches, is_finite=None):
                     continue
                 if out[k].ndim:
                     n = out[k].shape[0]
-                    surrogate = surrogate + (out[k].float() * g[offsets[k]:offsets[k] + n].float()).sum()
+                    rows = g[offsets[k]:offsets[k] + n]
+                    surrogate = surrogate + (at_least_fp32(out[k]) * at_least_fp32(rows)).sum()
                     offsets[k] += n
                 elif j == 0:  # a scalar shared by all micro-batches: its gradient counts once
-                    surrogate = surrogate + (out[k].float() * g.float()).sum()
+                    surrogate = surrogate + (at_least_fp32(out[k]) * at_least_fp32(g)).sum()
             if j == 0:  # the loss's own parameters (once), through the engine so AMP scaling applies
                 for p, g in loss_grads:
-                    surrogate = surrogate + (p.float() * g.float()).sum()
+                    surrogate = surrogate + (at_least_fp32(p) * at_least_fp32(g)).sum()
             engine.backward(surrogate)
     return losses, True

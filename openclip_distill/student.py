@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 import torch
 from open_clip_train.precision import get_autocast
 
+from .compute_dtype import at_least_fp32
 from .data.views import ModelInput
 
 # the student's outputs a loss may declare (besides the teacher's ``dist_*`` targets)
@@ -52,7 +53,7 @@ class OpenCLIPStudent:
             feats["image_features"] = out["image_features"]
         if tokens is not None:
             feats["text_features"] = out["text_features"]
-        feats["logit_scale"] = out["logit_scale"].float().clamp(max=100.0).reshape(())
+        feats["logit_scale"] = at_least_fp32(out["logit_scale"]).clamp(max=100.0).reshape(())
         if out.get("logit_bias") is not None:
             feats["logit_bias"] = out["logit_bias"].reshape(())
         return feats

@@ -5,9 +5,15 @@ import os
 import random
 
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from openclip_distill.data.tar_writer import write_tar_shard
+
+# OPENCLIP_DISTILL_TEST_THREADS=N: run the suite with torch.set_num_threads(N), to surface results that
+# depend on the summation order (the thread count changes how reductions are split)
+if os.environ.get("OPENCLIP_DISTILL_TEST_THREADS"):
+    torch.set_num_threads(int(os.environ["OPENCLIP_DISTILL_TEST_THREADS"]))
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 80, 220), "yellow": (230, 220, 40)}
 SHAPES = ("square", "circle")

@@ -81,12 +81,11 @@ def test_resume_latest_reproduces_the_uninterrupted_run(finished_run, tiny_corpu
     assert res.returncode == 0, res.stderr[-3000:]
     resumed = read_losses(cut / "losses.jsonl")
     assert [r["step"] for r in resumed] == list(range(12))
-    for a, b in zip(full[6:], resumed[6:]):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
+    # a replay (same process settings, same computations in the same order): bit for bit the same
+    assert [r["loss"] for r in resumed[6:]] == [r["loss"] for r in full[6:]]
     a = torch.load(run_dir / "checkpoints" / "epoch_2.pt", weights_only=True)["state_dict"]
     b = torch.load(cut / "checkpoints" / "epoch_2.pt", weights_only=True)["state_dict"]
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_train_student_text_tower_and_other_tokenizer_sizes(tiny_corpus, tmp_path):

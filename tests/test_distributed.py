@@ -13,8 +13,17 @@ import torch
 
 import openclip_distill  # noqa: F401
 
+from numerics import assert_rows_close_in_norm, relative_error, rounding_tolerance
+
 pytest.importorskip("deepspeed")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# ZeRO and DDP runs compute the same steps with other roundings (ZeRO-3 runs the linear layers through
+# its own autograd function): features differ by fp32 rounding of two computations (the longest
+# accumulation the teacher's MLP hidden width 4 x 64), which DIME-FM's logit scale 100 amplifies at most
+# 100x in the losses and updates. The weights themselves are not compared: AdamW turns rounding noise in
+# gradients that are zero in exact arithmetic (an attention key bias: the softmax ignores it) into
+# lr-sized steps in directions the model does not depend on; what the trained models compute is compared.
+TRAJECTORY_TOL = rounding_tolerance(torch.float32, terms=256, amplification=100)
 
 
 def free_port():
@@ -49,6 +58,27 @@ def ddp_run(tiny_corpus, tmp_path_factory):
     return logs / "ddp"
 
 
+def same_losses(expected, got, tol):
+    assert [r["step"] for r in got] == [r["step"] for r in expected]
+    for a, b in zip(expected, got):
+        assert abs(a["loss"] - b["loss"]) <= tol * abs(a["loss"]), (a, b)
+
+
+def encoded(checkpoint):
+    """The checkpoint's normalised image and text features on fixed inputs."""
+    model, _, _ = open_clip.create_model_and_transforms("test-tiny-student", pretrained=str(checkpoint))
+    images = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    texts = open_clip.get_tokenizer("test-tiny-student")([f"a {c} square" for c in ("red", "green", "blue")])
+    with torch.no_grad():
+        return model.eval().encode_image(images, normalize=True), model.encode_text(texts, normalize=True)
+
+
+def assert_same_function(checkpoint, reference):
+    got, want = encoded(checkpoint), encoded(reference)
+    for a, b, what in zip(got, want, ("image", "text")):
+        assert_rows_close_in_norm(a, b, TRAJECTORY_TOL, f"{checkpoint} vs {reference}: {what} features")
+
+
 def zero3_config(tmp_path):
     with open(os.path.join(ROOT, "configs", "deepspeed", "zero3.json")) as f:
         cfg = json.load(f)
@@ -62,18 +92,16 @@ def zero3_config(tmp_path):
 def test_ddp_trains_and_writes_an_openclip_checkpoint(ddp_run):
     rows = losses(ddp_run)
     assert [r["step"] for r in rows] == list(range(12))  # 48 images / (4 per rank x 2 ranks) x 2 epochs
-    open_clip.create_model_and_transforms("test-tiny-student", pretrained=str(ddp_run / "checkpoints" / "epoch_2.pt"))
+    # an epoch of training moves the features far more than the tolerance the ZeRO runs are held to
+    moved = encoded(ddp_run / "checkpoints" / "epoch_1.pt")[0], encoded(ddp_run / "checkpoints" / "epoch_2.pt")[0]
+    assert min(relative_error(a, b) for a, b in zip(*moved)) > 10 * TRAJECTORY_TOL
 
 
 def test_zero2_matches_ddp_and_exports(ddp_run, tiny_corpus, tmp_path):
     torchrun(tiny_corpus, tmp_path, "z2", "--deepspeed", os.path.join(ROOT, "configs", "deepspeed", "zero2.json"))
-    for a, b in zip(losses(ddp_run), losses(tmp_path / "z2")):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
+    same_losses(losses(ddp_run), losses(tmp_path / "z2"), TRAJECTORY_TOL)
     ckpt = tmp_path / "z2" / "checkpoints" / "epoch_2.pt"
-    model, _, _ = open_clip.create_model_and_transforms("test-tiny-student", pretrained=str(ckpt))
-    ddp_sd = torch.load(ddp_run / "checkpoints" / "epoch_2.pt", weights_only=True)["state_dict"]
-    for k, v in model.state_dict().items():
-        torch.testing.assert_close(v, ddp_sd[k].reshape(v.shape), rtol=1e-3, atol=1e-5)
+    assert_same_function(ckpt, ddp_run / "checkpoints" / "epoch_2.pt")
     out = tmp_path / "exported.pt"
     res = subprocess.run([sys.executable, "-m", "openclip_distill.export", "--checkpoint",
                           str(tmp_path / "z2" / "checkpoints"), "--model", "test-tiny-student", "--out", str(out)],
@@ -82,8 +110,8 @@ def test_zero2_matches_ddp_and_exports(ddp_run, tiny_corpus, tmp_path):
     exported = torch.load(out, weights_only=True)
     assert exported["epoch"] == 2
     plain = torch.load(ckpt, weights_only=True)["state_dict"]
-    for k, v in exported["state_dict"].items():
-        torch.testing.assert_close(v, plain[k].reshape(v.shape))
+    for k, v in exported["state_dict"].items():  # the same fp32 weights, copied
+        assert torch.equal(v, plain[k].reshape(v.shape)), k
     open_clip.create_model_and_transforms("test-tiny-student", pretrained=str(out))
 
 
@@ -92,8 +120,8 @@ def test_zero3_matches_ddp_evaluates_and_resumes(ddp_run, tiny_corpus, tmp_path)
     torchrun(tiny_corpus, tmp_path, "z3", "--deepspeed", cfg, "--eval-data", tiny_corpus["eval"],
              "--zeroshot-frequency", "1")
     full = losses(tmp_path / "z3")
-    for a, b in zip(losses(ddp_run), full):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
+    same_losses(losses(ddp_run), full, TRAJECTORY_TOL)
+    assert_same_function(tmp_path / "z3" / "checkpoints" / "epoch_2.pt", ddp_run / "checkpoints" / "epoch_2.pt")
     results = [json.loads(x) for x in (tmp_path / "z3" / "results.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in results] == [1, 2]  # evaluated each epoch under ZeRO-3, no deadlock
 
@@ -110,9 +138,8 @@ def test_zero3_matches_ddp_evaluates_and_resumes(ddp_run, tiny_corpus, tmp_path)
     torchrun(tiny_corpus, cut, "z3", "--deepspeed", cfg, "--resume", "latest")
     resumed = losses(cut / "z3")
     assert [r["step"] for r in resumed] == list(range(12))
-    for a, b in zip(full[6:], resumed[6:]):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
+    # a replay: the same computations in the same order, so bit for bit the same
+    assert [r["loss"] for r in resumed[6:]] == [r["loss"] for r in full[6:]]
     a = torch.load(run / "checkpoints" / "epoch_2.pt", weights_only=True)["state_dict"]
     b = torch.load(ck / "epoch_2.pt", weights_only=True)["state_dict"]
-    for k in a:
-        torch.testing.assert_close(a[k], b[k])
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)

@@ -257,7 +257,10 @@ def test_evaluate_model_tiny_real_model(tmp_path, tiny):
             self.module = m
 
     m2 = evaluate_model(Wrapper(model), tok, pre, str(tmp_path / "ev"), batch_size=256)
-    assert m1 == m2  # deterministic, batch-size independent, unwraps .module
+    # deterministic, batch-size independent, unwraps .module. Exact: the batchings round the features
+    # differently (~1e-7), but every score of this seeded model is >= 8e-4 away from the score it is
+    # ranked against (cosine scores in [-0.02, 0.31]), so no accuracy or recall can flip
+    assert m1 == m2
 
 
 def test_evaluate_model_without_captions_has_no_retrieval_keys(tmp_path, tiny):

@@ -7,7 +7,14 @@ from open_clip.loss import DistillClipLoss
 import openclip_distill
 from openclip_distill import DimeFMLoss, create_distill_loss, list_losses, register_loss
 
+from numerics import assert_close_in_norm, rounding_tolerance
+
 S = 100.0
+# Everything below is float64 (the naive kernels keep float64), compared with float64 formulas written
+# out here: the two differ only by summation order. Bound (numerics.rounding_tolerance): amplification
+# S / tau_min = 100 (a relative error of the features moves the logits, hence the softmaxes, by up to
+# 100x as much), terms 16 (the longest accumulation: the 16-wide dot products; batches are <= 9).
+TOL64 = rounding_tolerance(torch.float64, terms=16, amplification=S)
 
 
 def kl_rows(a, b, tau):
@@ -51,9 +58,10 @@ def test_dime_fm_terms_match_reference(train_text, weights):
     got = loss(v_s * 3.0, v_t * 0.5, t_t * 2.0, text_features=t_s if train_text else None, output_dict=True)
     want = reference_dime_fm(v_s, v_t, t_t, t_s if train_text else None, weights)
     for k in want:
-        torch.testing.assert_close(got[k].double(), want[k], rtol=1e-4, atol=1e-6)
+        assert got[k].dtype == torch.float64
+        assert_close_in_norm(got[k], want[k], TOL64, k)
     total = loss(v_s, v_t, t_t, text_features=t_s if train_text else None)
-    torch.testing.assert_close(total.double(), sum(want.values()), rtol=1e-4, atol=1e-6)
+    assert_close_in_norm(total, sum(want.values()), TOL64, "total")
 
 
 def test_dime_fm_gradients_match_reference():
@@ -64,8 +72,18 @@ def test_dime_fm_gradients_match_reference():
     a2 = v_s.clone().requires_grad_(True)
     b2 = t_s.clone().requires_grad_(True)
     sum(reference_dime_fm(a2, v_t, t_t, b2, (0.7, 0.3, 0.4)).values()).backward()
-    torch.testing.assert_close(a.grad.double(), a2.grad, rtol=1e-3, atol=1e-7)
-    torch.testing.assert_close(b.grad.double(), b2.grad, rtol=1e-3, atol=1e-7)
+    assert_close_in_norm(a.grad, a2.grad, TOL64, "image grad")
+    assert_close_in_norm(b.grad, b2.grad, TOL64, "text grad")
+
+
+@pytest.mark.parametrize("impl", ["naive", "chunked"])
+def test_half_precision_features_give_an_fp32_loss(impl):
+    """bf16 features: logits and softmaxes in fp32 (float64 ones stay float64, checked above)."""
+    half = [x.to(torch.bfloat16).requires_grad_(True) for x in feats(7)]
+    loss = DimeFMLoss(udist_weight=0.3, impl=impl)(half[0], half[1], half[2], text_features=half[3])
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert half[0].grad.dtype == torch.bfloat16
 
 
 def test_dime_fm_perfect_student_has_zero_loss_and_teacher_gets_no_grad():
@@ -86,27 +104,27 @@ def test_dime_fm_temperature_changes_value():
 
 def test_clip_distill_matches_openclip_distill_loss():
     g = torch.Generator().manual_seed(4)
-    img, txt = n(torch.randn(8, 12, generator=g)), n(torch.randn(8, 12, generator=g))
-    t_img, t_txt = n(torch.randn(8, 12, generator=g)), n(torch.randn(8, 12, generator=g))
-    scale, t_scale = torch.tensor(14.0), torch.tensor(50.0)
+    img, txt, t_img, t_txt = (n(torch.randn(8, 12, generator=g, dtype=torch.float64)) for _ in range(4))
+    scale, t_scale = torch.tensor(14.0, dtype=torch.float64), torch.tensor(50.0, dtype=torch.float64)
     ours = create_distill_loss("clip-distill", impl="naive")(img, txt, scale, t_img, t_txt, t_scale, output_dict=True)
     ref = DistillClipLoss()(img, txt, scale, t_img, t_txt, t_scale, output_dict=True)
-    torch.testing.assert_close(ours["contrastive_loss"], ref["contrastive_loss"], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(ours["distill_loss"], ref["distill_loss"], rtol=1e-5, atol=1e-5)
+    for k in ("contrastive_loss", "distill_loss"):
+        assert ours[k].dtype == torch.float64
+        assert_close_in_norm(ours[k], ref[k], TOL64, k)
 
 
 def test_clip_distill_gradients_match_openclip():
     g = torch.Generator().manual_seed(5)
-    base = [n(torch.randn(6, 10, generator=g)) for _ in range(4)]
+    base = [n(torch.randn(6, 10, generator=g, dtype=torch.float64)) for _ in range(4)]
     grads = []
     for fn in (lambda *a: sum(create_distill_loss("clip-distill", impl="naive")(*a, output_dict=True).values()),
                lambda *a: sum(DistillClipLoss()(*a, output_dict=True).values())):
         img, txt = base[0].clone().requires_grad_(True), base[1].clone().requires_grad_(True)
-        scale = torch.tensor(20.0, requires_grad=True)
-        fn(img, txt, scale, base[2], base[3], torch.tensor(30.0)).backward()
+        scale = torch.tensor(20.0, dtype=torch.float64, requires_grad=True)
+        fn(img, txt, scale, base[2], base[3], torch.tensor(30.0, dtype=torch.float64)).backward()
         grads.append((img.grad, txt.grad, scale.grad))
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    for a, b, what in zip(*grads, ("image", "text", "scale")):
+        assert_close_in_norm(a, b, TOL64, what)
 
 
 def test_clip_distill_accepts_siglip_teacher_bias():

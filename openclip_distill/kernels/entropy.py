@@ -7,14 +7,16 @@ Memory is O(tile * M) instead of O(N * M).
 """
 import torch
 
+from ..compute_dtype import compute_dtype
 from .distributed import gather_rows, gather_sizes, resolve_world
 
 
 def _entropy_rows(a, b, scale, temperature, tile):
-    total = a.new_zeros((), dtype=torch.float32)
-    b = b.float()
+    dtype = compute_dtype(a, b)
+    total = a.new_zeros((), dtype=dtype)
+    b = b.to(dtype)
     for start in range(0, a.shape[0], tile):
-        logits = (scale / temperature) * (a[start:start + tile].float() @ b.T)
+        logits = (scale / temperature) * (a[start:start + tile].to(dtype) @ b.T)
         logp = torch.log_softmax(logits, dim=1)
         total = total - (logp.exp() * logp).sum()
     return total / a.shape[0]

@@ -2,7 +2,7 @@
 
 Implementations (``IMPLS``):
 
-* ``"naive"``   -- materialised fp32 logits (``naive.py``); the oracle.
+* ``"naive"``   -- materialised fp32 logits (float64 for float64 features; ``naive.py``); the oracle.
 * ``"chunked"`` -- tiled PyTorch ``autograd.Function``s (``chunked.py``), any device, O(N + M) saved state.
 * ``"triton"``  -- fused Triton kernels (``triton_ops.py``); CUDA tensors, or CPU under ``TRITON_INTERPRET=1``.
 * ``"auto"``    -- ``"triton"`` for CUDA tensors when Triton is importable, else ``"chunked"``. It falls back to

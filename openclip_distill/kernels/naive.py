@@ -6,12 +6,8 @@ reference) and are the oracle every other implementation (``chunked``, ``triton`
 import torch
 import torch.nn.functional as F
 
+from ..compute_dtype import at_least_fp32
 from .scale import scale_dtype
-
-
-def _wide(x: torch.Tensor) -> torch.Tensor:
-    """fp32, or fp64 for fp64 inputs."""
-    return x.double() if x.dtype == torch.float64 else x.float()
 
 
 def _scale(scale, like: torch.Tensor):
@@ -26,15 +22,15 @@ def contrastive_loss_naive(image_features, text_features, logit_scale):
         S = s * I T^T,  L = 1/2 (CE(S, diag) + CE(S^T, diag))
     """
     s = _scale(logit_scale, image_features)
-    logits = s * _wide(image_features) @ _wide(text_features).T
+    logits = s * at_least_fp32(image_features) @ at_least_fp32(text_features).T
     labels = torch.arange(logits.shape[0], device=logits.device)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
 
 def kl_rows_naive(teacher_logits, student_logits, temperature=1.0):
     """KL_rows(A, B; tau) = mean_i KL(softmax(A_i/tau) || softmax(B_i/tau)) (batchmean, no tau^2)."""
-    t = F.log_softmax(_wide(teacher_logits) / temperature, dim=1)
-    s = F.log_softmax(_wide(student_logits) / temperature, dim=1)
+    t = F.log_softmax(at_least_fp32(teacher_logits) / temperature, dim=1)
+    s = F.log_softmax(at_least_fp32(student_logits) / temperature, dim=1)
     return (t.exp() * (t - s)).sum(dim=1).mean()
 
 
@@ -46,8 +42,8 @@ def similarity_kl_loss_naive(student_a, student_b, teacher_a, teacher_b, *, stud
         KL_rows(A, B; tau)  (+ KL_rows(A^T, B^T; tau) when bidirectional)
     """
     with torch.no_grad():
-        teacher_logits = _scale(teacher_scale, teacher_a) * _wide(teacher_a) @ _wide(teacher_b).T
-    student_logits = _scale(student_scale, student_a) * _wide(student_a) @ _wide(student_b).T
+        teacher_logits = _scale(teacher_scale, teacher_a) * at_least_fp32(teacher_a) @ at_least_fp32(teacher_b).T
+    student_logits = _scale(student_scale, student_a) * at_least_fp32(student_a) @ at_least_fp32(student_b).T
     loss = kl_rows_naive(teacher_logits, student_logits, temperature)
     if bidirectional:
         loss = loss + kl_rows_naive(teacher_logits.T, student_logits.T, temperature)

@@ -11,10 +11,10 @@ With ``n(x)`` the row-wise L2 normalisation, ``s`` the fixed logit scale (100), 
 ``KL_rows`` is the batch-mean row-wise KL(teacher softmax || student softmax), ``KL_bi`` adds the
 column direction. Official defaults (sunxm2357/DIME-FM): tau = (1, 3, 7), weights (0.7, 0.3, 0.0).
 """
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..compute_dtype import compute_dtype
 from ..kernels import similarity_kl_loss
 from ..errors import DistillUsageError
 from ..registry import register_loss
@@ -66,7 +66,7 @@ class DimeFMLoss(nn.Module):
         v_t = F.normalize(dist_image_features.detach(), dim=-1)
         t_t = F.normalize(dist_text_features.detach(), dim=-1)
         t_s = None if text_features is None else F.normalize(text_features, dim=-1)
-        zero = v_s.new_zeros((), dtype=torch.float32)
+        zero = v_s.new_zeros((), dtype=compute_dtype(v_s))
         if self.pvl_weight:
             _check_pvl_widths(v_s.shape[1], v_t.shape[1])
 

@@ -49,7 +49,8 @@ class Teacher:
 
     # -- encoders ------------------------------------------------------------------------------
     def encode_image(self, views: torch.Tensor) -> torch.Tensor:
-        """``[N, 3, H, W]`` float RGB in [0, 1] (any H, W) -> ``[N, embed_dim]`` float32, L2-normalised.
+        """``[N, 3, H, W]`` float RGB in [0, 1] (any H, W) -> ``[N, embed_dim]`` float32 (float64 for a
+        float64 model), L2-normalised.
         The teacher resizes to its ``image_size`` and normalises with its own mean/std
         (:meth:`image_input`). No gradient."""
         raise ValueError(f"teacher {self.name!r} has no image tower (modalities: {sorted(self.modalities)})")

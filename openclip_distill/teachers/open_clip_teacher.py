@@ -11,6 +11,7 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip_train.precision import get_autocast
 
+from ..compute_dtype import at_least_fp32
 from ..errors import DistillUsageError
 from ..models.naming import check_model_name, resolve_pretrained
 from ..models.text_tower import text_tower_state_dict
@@ -71,15 +72,15 @@ class OpenCLIPTeacher(Teacher):
 
     @torch.no_grad()
     def encode_image(self, views: torch.Tensor) -> torch.Tensor:
-        pixels = self._input(views.to(self.device, non_blocking=True)).to(self._dtype)
+        pixels = self._input(views.to(self.device, non_blocking=True)).to(self._dtype)  # the model's dtype
         with self._autocast():
-            return self.model.encode_image(pixels, normalize=True).float()
+            return at_least_fp32(self.model.encode_image(pixels, normalize=True))
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         tokens = self.tokenizer(list(texts)).to(self.device)
         with self._autocast():
-            return self.model.encode_text(tokens, normalize=True).float()
+            return at_least_fp32(self.model.encode_text(tokens, normalize=True))
 
     def text_tower_state_dict(self):
         return text_tower_state_dict(self.model)
