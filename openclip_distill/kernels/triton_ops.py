@@ -139,38 +139,54 @@ class TritonInfoNCE(torch.autograd.Function):
         return grads + (None, None)
 
 
-def _infonce_backward(layout, rows, cols, scale, row_lse, col_lse, grad_output, need_rows, need_cols, need_scale):
-    left, right = _operand_pair(rows, cols)
+def _reduce_gradient_panels(write_panel, left, right, rows_dtype, cols_dtype, factor, upstream, need_rows,
+                            need_cols, need_scale):
+    """The backward's two GEMMs over gradient panels (no atomics: every output block has one owner).
+
+    ``write_panel(start, stop, panel)`` launches the kernel that writes ``dL/dS`` for rows
+    ``start:stop`` into ``panel`` (the input dtype); then ``rows grad = panel @ right`` (fp32 out) and
+    the columns' ``grad += panel^T @ left_rows`` accumulate in fp32; the scale's gradient is
+    ``sum(left * raw_rows)``. Returns ``(grad_rows, grad_cols, grad_scale)`` times ``factor``/``upstream``."""
     (num_rows, dim), num_cols = left.shape, right.shape[0]
-    weight, ratio = layout.tile_weights()
-    target_weight = (layout.row_weight + layout.col_weight) / weight
-    upstream = grad_output.float() * weight
-    factor = scale * upstream
-    grad_rows = torch.empty_like(rows) if need_rows else None
+    grad_rows = left.new_empty((num_rows, dim), dtype=rows_dtype) if need_rows else None
     raw_cols = left.new_zeros((num_cols, dim), dtype=torch.float32) if need_cols else None
     scale_sum = left.new_zeros((), dtype=torch.float32)
     step = panel_rows(num_rows, num_cols, left.element_size())
     panel = left.new_empty((step, num_cols))
-    col_lse_arg = col_lse if layout.has_columns else _dummy(left)
     with launch_device(left.device):
         for start in range(0, num_rows, step):
             stop = min(num_rows, start + step)
             grad, panel_left = panel[: stop - start], left[start:stop]
-            infonce_grad_panel_kernel[_panel_grid(stop - start, num_cols)](
-                panel_left, right, scale, row_lse[start:stop], col_lse_arg, grad, stop - start, num_cols, dim,
-                left.stride(0), right.stride(0), grad.stride(0), float(ratio), float(target_weight),
-                start + layout.col_start, HAS_COLS=layout.has_columns, IS_FP32=left.dtype == torch.float32,
-                **kernel_flags(left))
+            write_panel(start, stop, grad)
             if need_rows or need_scale:
                 raw = matmul_fp32(grad, right)
                 if need_scale:
                     scale_sum += torch.dot(panel_left.float().reshape(-1), raw.reshape(-1))
                 if need_rows:
-                    grad_rows[start:stop] = (raw * factor).to(rows.dtype)
+                    grad_rows[start:stop] = (raw * factor).to(rows_dtype)
             if need_cols:
                 addmm_fp32_(raw_cols, grad.T, panel_left)
-    grad_cols = raw_cols.mul_(factor).to(cols.dtype) if need_cols else None
+    grad_cols = raw_cols.mul_(factor).to(cols_dtype) if need_cols else None
     return grad_rows, grad_cols, (scale_sum * upstream if need_scale else None)
+
+
+def _infonce_backward(layout, rows, cols, scale, row_lse, col_lse, grad_output, need_rows, need_cols, need_scale):
+    left, right = _operand_pair(rows, cols)
+    dim, num_cols = left.shape[1], right.shape[0]
+    weight, ratio = layout.tile_weights()
+    target_weight = (layout.row_weight + layout.col_weight) / weight
+    upstream = grad_output.float() * weight
+    col_lse_arg = col_lse if layout.has_columns else _dummy(left)
+
+    def write_panel(start, stop, grad):
+        infonce_grad_panel_kernel[_panel_grid(stop - start, num_cols)](
+            left[start:stop], right, scale, row_lse[start:stop], col_lse_arg, grad, stop - start, num_cols, dim,
+            left.stride(0), right.stride(0), grad.stride(0), float(ratio), float(target_weight),
+            start + layout.col_start, HAS_COLS=layout.has_columns, IS_FP32=left.dtype == torch.float32,
+            **kernel_flags(left))
+
+    return _reduce_gradient_panels(write_panel, left, right, rows.dtype, cols.dtype, scale * upstream, upstream,
+                                   need_rows, need_cols, need_scale)
 
 
 class TritonSimilarityKL(torch.autograd.Function):
@@ -227,36 +243,21 @@ def _kl_backward(layout, student_rows, student_cols, teacher_rows, teacher_cols,
                  row_lse, col_lse, grad_output, need_rows, need_cols, need_scale):
     s_left, s_right = _operand_pair(student_rows, student_cols)
     t_left, t_right = _operand_pair(teacher_rows, teacher_cols)
-    (num_rows, dim), num_cols = s_left.shape, s_right.shape[0]
+    dim, num_cols = s_left.shape[1], s_right.shape[0]
     weight, ratio = layout.tile_weights()
     upstream = grad_output.float() * weight
-    factor = student_mult * upstream
-    grad_rows = torch.empty_like(student_rows) if need_rows else None
-    raw_cols = s_left.new_zeros((num_cols, dim), dtype=torch.float32) if need_cols else None
-    scale_sum = s_left.new_zeros((), dtype=torch.float32)
-    step = panel_rows(num_rows, num_cols, s_left.element_size())
-    panel = s_left.new_empty((step, num_cols))
     col_lse_arg = col_lse.contiguous() if layout.has_columns else _dummy(s_left)
-    with launch_device(s_left.device):
-        for start in range(0, num_rows, step):
-            stop = min(num_rows, start + step)
-            grad, panel_left = panel[: stop - start], s_left[start:stop]
-            similarity_kl_grad_panel_kernel[_panel_grid(stop - start, num_cols)](
-                panel_left, s_right, t_left[start:stop], t_right, student_mult, teacher_mult,
-                row_lse[:, start:stop].contiguous(), col_lse_arg, grad, stop - start, num_cols, dim, t_left.shape[1],
-                s_left.stride(0), s_right.stride(0), t_left.stride(0), t_right.stride(0), grad.stride(0), float(ratio),
-                HAS_COLS=layout.has_columns, S_IS_FP32=s_left.dtype == torch.float32,
-                T_IS_FP32=t_left.dtype == torch.float32, **kernel_flags(s_left, t_left))
-            if need_rows or need_scale:
-                raw = matmul_fp32(grad, s_right)
-                if need_scale:
-                    scale_sum += torch.dot(panel_left.float().reshape(-1), raw.reshape(-1))
-                if need_rows:
-                    grad_rows[start:stop] = (raw * factor).to(student_rows.dtype)
-            if need_cols:
-                addmm_fp32_(raw_cols, grad.T, panel_left)
-    grad_cols = raw_cols.mul_(factor).to(student_cols.dtype) if need_cols else None
-    return grad_rows, grad_cols, (scale_sum * upstream if need_scale else None)
+
+    def write_panel(start, stop, grad):
+        similarity_kl_grad_panel_kernel[_panel_grid(stop - start, num_cols)](
+            s_left[start:stop], s_right, t_left[start:stop], t_right, student_mult, teacher_mult,
+            row_lse[:, start:stop].contiguous(), col_lse_arg, grad, stop - start, num_cols, dim, t_left.shape[1],
+            s_left.stride(0), s_right.stride(0), t_left.stride(0), t_right.stride(0), grad.stride(0), float(ratio),
+            HAS_COLS=layout.has_columns, S_IS_FP32=s_left.dtype == torch.float32,
+            T_IS_FP32=t_left.dtype == torch.float32, **kernel_flags(s_left, t_left))
+
+    return _reduce_gradient_panels(write_panel, s_left, s_right, student_rows.dtype, student_cols.dtype,
+                                   student_mult * upstream, upstream, need_rows, need_cols, need_scale)
 
 
 def _merged_kl_stats(stats: torch.Tensor):
