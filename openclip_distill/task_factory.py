@@ -117,15 +117,16 @@ def build_run_parts(args, device, manifest=None, stage=None) -> RunParts:
     student_dim = _embed_dim(student, tokenizer, device)
     loss_kwargs = dict(args.distill_loss_kwargs)
     loss_kwargs.setdefault("impl", args.loss_impl)
-    loss = registry.create_distill_loss(args.distill_loss, context={
-        "student_embed_dim": student_dim, "teacher_embed_dim": teacher_dim}, **loss_kwargs)
-    modalities = loss_modalities(loss)
+    # what the loss consumes (from its flags alone), so the student is set up before the loss checks widths
+    modalities = loss_modalities(registry.create_distill_loss(args.distill_loss, **loss_kwargs))
     _check_teacher_modalities(args, teacher_modalities, modalities)
     if TEXT in modalities and args.student_text_tower == "teacher" and not loss_cls.requires_paired_data \
             and set(modalities) == {TEXT}:
         raise DistillUsageError(f"--student-text-tower teacher: --distill-loss {args.distill_loss} trains the text "
                                 f"tower only, which would be the teacher's frozen copy; use --student-text-tower train")
     _configure_student(args, student, teacher, TEXT in modalities)
+    loss = registry.create_distill_loss(args.distill_loss, context={
+        "student_embed_dim": student_dim, "teacher_embed_dim": teacher_dim}, **loss_kwargs)
     if stage is not None:
         apply_parameter_patterns(student, stage)
     task = create_task(student, tokenizer, loss, teacher,
