@@ -23,6 +23,7 @@ from .optim import create_scheduler
 from .params import parse_args, validate_args
 from .task import loss_modalities
 from .task_factory import build_run_parts
+from .tracking import create_tracker, import_wandb, reports_to
 from .train import train_one_epoch
 from .training_data import build_train_data, build_eval, run_eval
 
@@ -92,6 +93,8 @@ def run(args) -> int:
     _setup_logging(args.log_path, args.log_level)
     args.save_logs = bool(args.logs) and args.logs.lower() != "none" and is_master(args)
 
+    if reports_to(args, "wandb"):
+        import_wandb()  # a missing optional extra fails before any model loads
     random_seed(args.seed, 0)
     parts = build_run_parts(args, device, manifest)
     random_seed(args.seed, args.rank)
@@ -107,12 +110,9 @@ def run(args) -> int:
         start_epoch, state["step"] = engine.resume(args.resume)
 
     train_data, counters = build_train_data(args, parts, start_epoch)
+    writer = create_tracker(args, is_master(args))  # TensorBoard and/or W&B, per --report-to
     scheduler = create_scheduler(engine.optimizer, args, train_data.num_batches // args.accum_freq)
     evaluator = build_eval(args, parts.preprocess_val, parts.tokenizer)
-    writer = None
-    if args.save_logs and ("tensorboard" in args.report_to or "all" in args.report_to):
-        import torch.utils.tensorboard as tensorboard
-        writer = tensorboard.SummaryWriter(os.path.join(args.logs, args.name, "tensorboard"))
 
     for epoch in range(start_epoch, args.epochs):
         if is_master(args):
@@ -126,6 +126,8 @@ def run(args) -> int:
         engine.save(completed, state["step"], final=completed == args.epochs)
         if args.distributed:
             torch.distributed.barrier()
+    if writer is not None:
+        writer.close()
     if start_epoch >= args.epochs:
         logging.info(f"Nothing to do: the run already completed {args.epochs} epochs")
     return 0
