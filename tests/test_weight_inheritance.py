@@ -176,3 +176,15 @@ def test_cli_student_init_teacher(tiny_corpus, tmp_path):
     res = _run_cli(_cli_args(tiny_corpus, tmp_path, "bad", ckpt, "demo-student", "--student-init", "teacher"))
     assert res.returncode == 2 and "--student-init teacher" in res.stderr
     assert res.stderr.strip().splitlines()[-1].startswith("error: --student-init teacher: inheritance maps")
+
+
+def test_run_without_an_open_clip_teacher_cannot_inherit(models):
+    import types
+    from openclip_distill.task_factory import _inherit_teacher_weights
+    args = types.SimpleNamespace(distill_teacher="hf:/models/altclip", student_text_tower="train")
+    student = models("inh-student-heads")
+    with pytest.raises(DistillUsageError, match="--student-init teacher: --teacher-cache keeps no teacher weights"):
+        _inherit_teacher_weights(args, student, None, ("image",))
+    hf_like = types.SimpleNamespace(kind="hf_clip")
+    with pytest.raises(DistillUsageError, match="is not an OpenCLIP model"):
+        _inherit_teacher_weights(args, student, hf_like, ("image",))
