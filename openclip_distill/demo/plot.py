@@ -39,9 +39,9 @@ def plot_demo_results(results: Dict[str, dict], out_path: str, losses: Optional[
         bars.bar_label(rects, fmt="%.1f", fontsize=7, padding=1)
     bars.set_xticks(range(len(METRICS)), [label for _, label in METRICS])
     bars.set_ylabel("%")
-    bars.set_ylim(0, 105)
+    bars.set_ylim(0, 118)  # headroom for the legend above the bars
     bars.set_title("evaluation (demo eval split)")
-    bars.legend(loc="upper right", fontsize=8)
+    bars.legend(loc="upper center", ncol=3, fontsize=8)
     if losses:
         steps = [r["step"] for r in losses]
         terms = [k for k in losses[0] if k.endswith("_loss") and any(r.get(k, 0) > 0 for r in losses)]
