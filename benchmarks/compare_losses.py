@@ -1,7 +1,10 @@
 """Distillation losses side by side on the demo world, same student, teacher, steps and batch size.
 
     OMP_NUM_THREADS=2 python benchmarks/compare_losses.py --steps 300
-    python benchmarks/compare_losses.py --losses dime-fm --model demo-student-vit --student-init random,teacher
+    python benchmarks/compare_losses.py --steps 200 --batch-size 64 --n-images 6400 \
+        --model demo-student-vit --student-init random,teacher
+
+(from the repository root with the package installed, or ``PYTHONPATH=.`` in a checkout).
 
 The demo world (:mod:`openclip_distill.demo`): its synthetic corpus and the shipped ``demo-teacher``
 (a 4-layer ViT CLIP). Every run goes through this project's CLI (``openclip_distill.distill.distill``)
