@@ -24,6 +24,7 @@ from .params import parse_args, validate_args
 from .stages import check_parameter_patterns, load_stages
 from .task import loss_modalities, loss_needs_paired_data
 from .task_factory import build_run_parts
+from .tracking import create_tracker, import_wandb, reports_to
 from .train import train_one_epoch
 from .training_data import build_eval, build_train_data, check_data_paths, run_eval
 
@@ -132,6 +133,8 @@ def run(args) -> int:
     args.log_level = logging.DEBUG if args.debug else logging.INFO
     _setup_logging(args.log_path, args.log_level)
     args.save_logs = bool(args.logs) and args.logs.lower() != "none" and is_master(args)
+    if reports_to(args, "wandb"):
+        import_wandb()  # a missing optional extra fails before any model loads
     if is_master(args):
         with open(os.path.join(args.logs, args.name, "params.txt"), "w") as f:
             for name in sorted(vars(args)):
@@ -140,10 +143,7 @@ def run(args) -> int:
         logging.info(f"Stages ({args.stages}): " + ", ".join(f"{s.name} ({s.args.epochs} epochs, "
                                                              f"{s.args.distill_loss})" for s in stages))
     resume = _run_position(args.resume) if args.resume else None
-    writer = None
-    if args.save_logs and ("tensorboard" in args.report_to or "all" in args.report_to):
-        import torch.utils.tensorboard as tensorboard
-        writer = tensorboard.SummaryWriter(os.path.join(args.logs, args.name, "tensorboard"))
+    writer = create_tracker(args, is_master(args))  # TensorBoard and/or W&B, per --report-to
 
     offset, step, student_weights = 0, 0, None
     for stage, stage_manifest in zip(stages, manifests):
@@ -157,6 +157,8 @@ def run(args) -> int:
         resume = None
     if resume is not None:
         logging.info(f"Nothing to do: the run already completed {offset} epochs")
+    if writer is not None:
+        writer.close()
     return 0
 
 

@@ -44,6 +44,9 @@ def build_distill_parser() -> argparse.ArgumentParser:
     g.add_argument("--student-text-tower", default="teacher", choices=("teacher", "train"),
                    help="teacher: reuse the frozen teacher text tower (official DIME-FM); "
                         "train: distill the student's own text tower too.")
+    g.add_argument("--student-init", default="random", choices=("random", "teacher"),
+                   help="teacher: start the student from the teacher's weights (TinyCLIP weight inheritance: "
+                        "uniformly selected layers, leading heads/channels; ViT and text transformers only).")
     g.add_argument("--teacher-cache", default=None, type=str, metavar="DIR",
                    help="Train from precomputed teacher embeddings (python -m openclip_distill.cache): "
                         "the teacher is never instantiated; images and sentences come from the cache.")

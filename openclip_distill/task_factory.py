@@ -12,6 +12,7 @@ from . import registry
 from .errors import DistillUsageError
 from .models.naming import check_model_name
 from .models.text_tower import adopt_text_tower
+from .models.weight_inheritance import inherit_from_teacher
 from .stages import apply_parameter_patterns
 from .task import DistillTask, create_task, loss_modalities
 from .teachers import IMAGE, TEXT, create_teacher, is_hf_teacher
@@ -70,6 +71,19 @@ def _teacher_text_tower(args, teacher):
     return tower
 
 
+def _inherit_teacher_weights(args, student, teacher, modalities):
+    """``--student-init teacher``: the student's trained towers start from the OpenCLIP teacher's weights."""
+    if teacher is None or getattr(teacher, "kind", None) != "open_clip":
+        what = "--teacher-cache keeps no teacher weights" if teacher is None else \
+            f"teacher {args.distill_teacher!r} is not an OpenCLIP model"
+        raise DistillUsageError(f"--student-init teacher: {what}; use an OpenCLIP --distill-teacher or "
+                                f"--student-init random")
+    towers = [IMAGE] if IMAGE in modalities else []
+    if TEXT in modalities and args.student_text_tower == "train":
+        towers.append(TEXT)
+    inherit_from_teacher(student, teacher.model, towers, args.distill_teacher)
+
+
 def _configure_student(args, student, teacher, uses_text):
     if args.student_text_tower == "teacher" and uses_text:
         n = adopt_text_tower(student, _teacher_text_tower(args, teacher), args.model, args.distill_teacher)
@@ -124,6 +138,8 @@ def build_run_parts(args, device, manifest=None, stage=None) -> RunParts:
             and set(modalities) == {TEXT}:
         raise DistillUsageError(f"--student-text-tower teacher: --distill-loss {args.distill_loss} trains the text "
                                 f"tower only, which would be the teacher's frozen copy; use --student-text-tower train")
+    if getattr(args, "student_init", "random") == "teacher":
+        _inherit_teacher_weights(args, student, teacher, modalities)
     _configure_student(args, student, teacher, TEXT in modalities)
     loss = registry.create_distill_loss(args.distill_loss, context={
         "student_embed_dim": student_dim, "teacher_embed_dim": teacher_dim}, **loss_kwargs)

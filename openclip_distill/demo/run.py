@@ -17,7 +17,8 @@
    steps and batch size, by OpenCLIP's trainer with ``--dataset-resampled``;
 5. **evaluation** - zero-shot top-1 and R@1 of all three on ``eval/`` with
    :func:`openclip_distill.eval.evaluate_model`, plus parameters and image-encoder images/s;
-   prints a table and writes ``<logs>/<name>/demo_results.json``.
+   prints a table and writes ``<logs>/<name>/demo_results.json`` and, with matplotlib, the picture
+   ``demo_results.png`` beside it (bars of the three models, the student's loss curve).
 
 The target: the student's zero-shot top-1 is >= 90% of the teacher's and above the baseline's
 (``student.student_over_teacher`` and ``student.target_met`` in the results).
@@ -338,8 +339,10 @@ def run_demo(logs: str = "./logs", name: Optional[str] = None, workers: int = 1,
         json.dump(results, f, indent=1, sort_keys=True)
     table = format_table(results)
     print(table, flush=True)
-    log.info("[demo 5/5] evaluation took %.1f s; demo total %.1f s; results -> %s", timings["eval_s"],
-             timings["total_s"], os.path.join(run_dir, "demo_results.json"))
+    from .plot import save_demo_plot
+    png = save_demo_plot(results, run_dir, os.path.join(run_dir, "student", "losses.jsonl"))
+    log.info("[demo 5/5] evaluation took %.1f s; demo total %.1f s; results -> %s%s", timings["eval_s"],
+             timings["total_s"], os.path.join(run_dir, "demo_results.json"), f", picture -> {png}" if png else "")
     return results
 
 
