@@ -7,6 +7,7 @@ from open_clip_train.distributed import is_master
 from open_clip_train.precision import get_autocast
 
 from .data import SkipCounters, get_paired_dataset, get_unpaired_data
+from .data.loader_spec import LoaderSpec
 from .data.shard_paths import expand_patterns
 from .data.text_corpus import TEXT_FORMATS
 from .task import loss_needs_paired_data
@@ -42,7 +43,7 @@ def build_train_data(args, parts, epoch: int):
     view_size = parts.view_size
     if parts.manifest is not None:
         from .cache import get_cached_unpaired_data
-        data = get_cached_unpaired_data(args, view_size, counters=counters, epoch=epoch)
+        data = get_cached_unpaired_data(LoaderSpec.from_namespace(args), view_size, counters=counters, epoch=epoch)
     elif loss_needs_paired_data(parts.loss):
         info = get_paired_dataset(
             args.train_data, batch_size=args.batch_size, view_size=view_size, num_samples=args.train_num_samples,
@@ -50,7 +51,7 @@ def build_train_data(args, parts, epoch: int):
             resampled=args.dataset_resampled, scale=args.aug_scale, counters=counters, train=True)
         data = PairedLoader(info)
     else:
-        data = get_unpaired_data(args, view_size, counters=counters, epoch=epoch,
+        data = get_unpaired_data(LoaderSpec.from_namespace(args), view_size, counters=counters, epoch=epoch,
                                  modalities=parts.task.modalities)
     what = "sentences" if "image" not in parts.task.modalities else f"samples, views of {view_size} px"
     logging.info(f"Training data: {data.num_samples} {what}, {data.num_batches} steps per epoch")

@@ -1,5 +1,4 @@
 """Precomputed teacher-embedding cache: build (python -m openclip_distill.cache) and replay (--teacher-cache)."""
-import argparse
 import io
 import os
 import runpy
@@ -19,6 +18,7 @@ from openclip_distill.cache import (adopt_cached_text_tower, build_main, chosen_
                                     read_cache_shard, read_text_chunk)
 from openclip_distill.cache import build as build_module
 from toy_data import write_image_shards, write_text_file
+from openclip_distill.data.loader_spec import LoaderSpec
 from openclip_distill.data.views import apply_view
 from openclip_distill.errors import DistillUsageError
 from openclip_distill.models.text_tower import adopt_text_tower, text_tower_keys
@@ -110,7 +110,7 @@ def loader_args(cache, **kw):
     base = dict(teacher_cache=cache, batch_size=4, text_batch_size=5, seed=0, workers=0, train_num_samples=None,
                 world_size=1, rank=0, dataset_resampled=False, distill_teacher=TEACHER)
     base.update(kw)
-    return argparse.Namespace(**base)
+    return LoaderSpec(**base)
 
 
 def epoch_batches(cache, epoch, view=VIEW, **kw):

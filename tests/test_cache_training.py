@@ -11,6 +11,7 @@ import torch
 from openclip_distill import create_distill_loss
 from openclip_distill import main as distill_main
 from openclip_distill.cache import build_main, get_cached_unpaired_data, load_manifest
+from openclip_distill.data.loader_spec import LoaderSpec
 from openclip_distill.models.text_tower import adopt_text_tower
 from openclip_distill.task import create_task
 from openclip_distill.teachers import create_teacher
@@ -52,7 +53,7 @@ def test_cached_training_equals_live_teacher_on_the_same_views(tiny_corpus, tmp_
     loss = create_distill_loss("dime-fm", udist_weight=0.2, impl="naive")
     args = SimpleNamespace(teacher_cache=cache, batch_size=8, text_batch_size=None, train_num_samples=None, workers=0,
                            seed=0, world_size=1, rank=0, dataset_resampled=False, distributed=False)
-    loader = get_cached_unpaired_data(args, 32, epoch=0)
+    loader = get_cached_unpaired_data(LoaderSpec.from_namespace(args), 32, epoch=0)
     live_student, cached_student = copy.deepcopy(student), copy.deepcopy(student)
     live = create_task(live_student, tok, loss, teacher)
     cached = create_task(cached_student, tok, loss, cached_logit_scale=manifest["logit_scale"])

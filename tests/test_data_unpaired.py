@@ -1,5 +1,4 @@
 """Unpaired images + sentences: images define the epoch, the text stream is endless and independent."""
-import argparse
 import itertools
 
 import pytest
@@ -9,6 +8,7 @@ from openclip_distill.data.counters import SkipCounters
 from openclip_distill.data.image_shards import get_image_dataset
 from openclip_distill.data.text_corpus import get_text_stream
 from toy_data import write_image_shards, write_text_file
+from openclip_distill.data.loader_spec import LoaderSpec
 from openclip_distill.data.unpaired import UnpairedLoader, get_unpaired_data
 from openclip_distill.errors import DistillUsageError
 
@@ -91,7 +91,7 @@ def _args(data, **kw):
                 text_batch_size=None, train_num_samples=None, workers=0, seed=0, world_size=1, rank=0,
                 dataset_resampled=False, aug_scale=(0.9, 1.0))
     base.update(kw)
-    return argparse.Namespace(**base)
+    return LoaderSpec(**base)
 
 
 def test_get_unpaired_data_from_args(data):
@@ -117,9 +117,7 @@ def test_get_unpaired_data_usage_errors(data, tmp_path):
 
 def test_shared_test_corpus(tiny_corpus):
     """The generated corpus other tests use (tests/conftest.py) loads as unpaired data."""
-    args = argparse.Namespace(train_images=tiny_corpus["images"], train_texts=tiny_corpus["texts"], text_key="text",
-                              batch_size=8, text_batch_size=None, train_num_samples=None, workers=0, seed=0,
-                              world_size=1, rank=0, dataset_resampled=False, aug_scale=(0.9, 1.0))
+    args = LoaderSpec(train_images=tiny_corpus["images"], train_texts=tiny_corpus["texts"], batch_size=8)
     loader = get_unpaired_data(args, 24, SkipCounters())
     loader.set_epoch(0)
     batches = list(loader)

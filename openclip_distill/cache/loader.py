@@ -13,6 +13,7 @@ import logging
 from typing import Optional
 
 from ..data.counters import SkipCounters
+from ..data.loader_spec import LoaderSpec
 from ..data.unpaired import UnpairedLoader
 from ..errors import DistillUsageError
 from .image_replay import get_cached_image_dataset
@@ -57,40 +58,26 @@ def check_cache_matches(manifest: dict, directory: str, view_size: int, teacher:
             f"pass the matching --distill-teacher or another cache")
 
 
-def get_cached_unpaired_data(args, view_size: int, counters: Optional[SkipCounters] = None,
+def get_cached_unpaired_data(spec: LoaderSpec, view_size: int, counters: Optional[SkipCounters] = None,
                              epoch: int = 0) -> CachedUnpairedLoader:
-    """Build the cached unpaired loader from an argparse namespace.
-
-    Reads ``teacher_cache`` (DIR), ``batch_size``, ``text_batch_size`` (None -> ``batch_size``),
-    ``train_num_samples`` (None -> every cached image), ``workers``, ``seed``, ``world_size``, ``rank``,
-    ``dataset_resampled``; optional ``text_workers`` (0), ``text_shuffle_buffer`` (10000),
-    ``distill_teacher`` (checked against the cache's teacher when set). ``--train-images`` /
-    ``--train-texts`` are not read: the cache names its sources.
-    """
-    directory = getattr(args, "teacher_cache", None)
+    """Build the cached unpaired loader of ``spec`` (``spec.teacher_cache`` names the cache and its sources;
+    ``train_images`` / ``train_texts`` are not read; ``train_num_samples`` None: every cached image)."""
+    directory = spec.teacher_cache
     if not directory:
         raise DistillUsageError(f"{FLAG} DIR is required for cached distillation (build it with "
                                 f"'python -m openclip_distill.cache --out DIR ...')")
     manifest = load_manifest(directory)
-    check_cache_matches(manifest, directory, view_size, getattr(args, "distill_teacher", None))
-    scale = getattr(args, "aug_scale", None)
-    if scale is not None and [float(x) for x in scale] != [float(x) for x in manifest["aug_scale"]]:
+    check_cache_matches(manifest, directory, view_size, spec.distill_teacher)
+    if spec.aug_scale is not None and [float(x) for x in spec.aug_scale] != [float(x) for x in manifest["aug_scale"]]:
         logging.warning(f"{FLAG}: the cache's augmentations use scale={tuple(manifest['aug_scale'])}, not the "
-                        f"requested {tuple(scale)} (stored augmentations cannot change; rebuild to change them)")
+                        f"requested {tuple(spec.aug_scale)} (stored augmentations cannot change; rebuild to change them)")
     counters = counters if counters is not None else SkipCounters()
-    seed = int(getattr(args, "seed", 0) or 0)
-    world_size = int(getattr(args, "world_size", 1) or 1)
-    rank = int(getattr(args, "rank", 0) or 0)
-    batch_size = int(args.batch_size)
     image_data = get_cached_image_dataset(
-        directory, manifest, batch_size=batch_size, view_size=view_size,
-        num_samples=getattr(args, "train_num_samples", None), workers=int(getattr(args, "workers", 0) or 0),
-        seed=seed, epoch=epoch, world_size=world_size, rank=rank,
-        resampled=bool(getattr(args, "dataset_resampled", False)), counters=counters)
-    buffer = getattr(args, "text_shuffle_buffer", None)
+        directory, manifest, batch_size=int(spec.batch_size), view_size=view_size, num_samples=spec.train_num_samples,
+        workers=int(spec.workers), seed=int(spec.seed), epoch=epoch, world_size=int(spec.world_size),
+        rank=int(spec.rank), resampled=bool(spec.dataset_resampled), counters=counters)
     text_stream = get_cached_text_stream(
-        directory, manifest, batch_size=int(getattr(args, "text_batch_size", None) or batch_size), seed=seed,
-        world_size=world_size, rank=rank, workers=int(getattr(args, "text_workers", 0) or 0),
-        shuffle_buffer=10000 if buffer is None else int(buffer))
+        directory, manifest, batch_size=spec.sentences_per_step, seed=int(spec.seed), world_size=int(spec.world_size),
+        rank=int(spec.rank), workers=int(spec.text_workers), shuffle_buffer=int(spec.text_shuffle_buffer))
     text_stream.set_epoch(epoch)
     return CachedUnpairedLoader(image_data, text_stream, manifest, str(directory))

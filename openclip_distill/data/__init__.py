@@ -2,6 +2,7 @@
 endless sentence corpora, and their unpaired combination (images define the epoch)."""
 from .counters import DEFAULT_SKIP_REASONS, SkipCounters
 from .image_shards import IMAGE_KEYS, collate_views, get_image_dataset, get_paired_dataset
+from .loader_spec import LoaderSpec
 from .text_corpus import TextStream, get_text_stream
 from .unpaired import UnpairedLoader, get_unpaired_data
 from .views import (
@@ -17,6 +18,6 @@ __all__ = [
     "DEFAULT_SKIP_REASONS", "SkipCounters",
     "IMAGE_KEYS", "collate_views", "get_image_dataset", "get_paired_dataset",
     "TextStream", "get_text_stream",
-    "UnpairedLoader", "get_unpaired_data",
+    "LoaderSpec", "UnpairedLoader", "get_unpaired_data",
     "VIEW_FIELDS", "ModelInput", "apply_view", "center_view_params", "sample_view_params", "view_seed",
 ]

@@ -15,6 +15,7 @@ from open_clip_train.data import DataInfo
 from ..errors import DistillUsageError
 from .counters import SkipCounters
 from .image_shards import get_image_dataset
+from .loader_spec import LoaderSpec
 from .text_corpus import get_text_stream
 
 
@@ -90,59 +91,32 @@ class UnpairedLoader:
             yield out
 
 
-def get_unpaired_data(args, view_size: int, counters: Optional[SkipCounters] = None, epoch: int = 0,
+def get_unpaired_data(spec: LoaderSpec, view_size: int, counters: Optional[SkipCounters] = None, epoch: int = 0,
                       modalities=("image", "text")) -> UnpairedLoader:
-    """Build the unpaired loader from an argparse namespace, for the ``modalities`` the loss uses.
-
-    Reads ``train_images``, ``train_texts``, ``text_key``, ``batch_size``, ``text_batch_size`` (None ->
-    ``batch_size``), ``train_num_samples``, ``workers``, ``seed``, ``world_size``, ``rank``,
-    ``dataset_resampled``, ``aug_scale``; optional: ``aug_hflip`` (flip probability, default 0),
-    ``text_workers`` (default 0), ``text_shuffle_buffer`` (default 10000). The image and text
-    streams share ``counters`` (one is created if None; see ``loader.counters``).
-    """
+    """Build the unpaired loader of ``spec`` for the ``modalities`` the loss uses. The image and text
+    streams share ``counters`` (one is created if None; see ``loader.counters``)."""
     use_images, use_texts = "image" in modalities, "text" in modalities
-    if use_images and not getattr(args, "train_images", None):
+    if use_images and not spec.train_images:
         raise DistillUsageError("--train-images is required for unpaired distillation "
                                 "(image-only webdataset shards, e.g. --train-images 'imgs/{00000..00099}.tar')")
-    if use_texts and not getattr(args, "train_texts", None):
+    if use_texts and not spec.train_texts:
         raise DistillUsageError("--train-texts is required for unpaired distillation "
                                 "(sentence files, e.g. --train-texts 'sentences/*.txt')")
-    if not use_images and not getattr(args, "train_num_samples", None):
+    if not use_images and not spec.train_num_samples:
         raise DistillUsageError("--train-num-samples N is required when training from sentences alone "
                                 "(an epoch is N sentences)")
     counters = counters if counters is not None else SkipCounters()
-    batch_size = int(args.batch_size)
-    text_batch_size = getattr(args, "text_batch_size", None) or batch_size
-    scale = getattr(args, "aug_scale", None) or (0.9, 1.0)
     image_data = None if not use_images else get_image_dataset(
-        args.train_images,
-        batch_size=batch_size,
-        view_size=view_size,
-        num_samples=getattr(args, "train_num_samples", None),
-        workers=int(getattr(args, "workers", 0) or 0),
-        seed=int(getattr(args, "seed", 0) or 0),
-        epoch=epoch,
-        world_size=int(getattr(args, "world_size", 1) or 1),
-        rank=int(getattr(args, "rank", 0) or 0),
-        resampled=bool(getattr(args, "dataset_resampled", False)),
-        scale=tuple(scale),
-        hflip_prob=float(getattr(args, "aug_hflip", 0.0) or 0.0),
-        counters=counters,
-        train=True,
-    )
+        spec.train_images, batch_size=int(spec.batch_size), view_size=view_size, num_samples=spec.train_num_samples,
+        workers=int(spec.workers), seed=int(spec.seed), epoch=epoch, world_size=int(spec.world_size),
+        rank=int(spec.rank), resampled=bool(spec.dataset_resampled), scale=tuple(spec.aug_scale or (0.9, 1.0)),
+        hflip_prob=float(spec.aug_hflip), counters=counters, train=True)
     if not use_texts:
         return UnpairedLoader(image_data, None)
     text_stream = get_text_stream(
-        args.train_texts,
-        batch_size=int(text_batch_size),
-        seed=int(getattr(args, "seed", 0) or 0),
-        text_key=getattr(args, "text_key", None) or "text",
-        world_size=int(getattr(args, "world_size", 1) or 1),
-        rank=int(getattr(args, "rank", 0) or 0),
-        workers=int(getattr(args, "text_workers", 0) or 0),
-        shuffle_buffer=10000 if getattr(args, "text_shuffle_buffer", None) is None else int(args.text_shuffle_buffer),
-        counters=counters,
-    )
+        spec.train_texts, batch_size=spec.sentences_per_step, seed=int(spec.seed), text_key=spec.text_key or "text",
+        world_size=int(spec.world_size), rank=int(spec.rank), workers=int(spec.text_workers),
+        shuffle_buffer=int(spec.text_shuffle_buffer), counters=counters)
     text_stream.set_epoch(epoch)
-    return UnpairedLoader(image_data, text_stream, text_num_samples=getattr(args, "train_num_samples", None),
-                          world_size=int(getattr(args, "world_size", 1) or 1))
+    return UnpairedLoader(image_data, text_stream, text_num_samples=spec.train_num_samples,
+                          world_size=int(spec.world_size))
