@@ -24,13 +24,14 @@ invocation. ``--student-init random,teacher`` runs every loss once per initialis
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
 LOSSES = ("dime-fm", "clip-distill", "clip-kd", "affinity")
 REFERENCE = "clip-distill"
 METRICS = (("zeroshot_top1", "zero-shot top-1"), ("i2t_r1", "I->T R@1"), ("t2i_r1", "T->I R@1"))
+
+from machine import cpu_model  # benchmarks/machine.py (scripts run from benchmarks/)
 
 
 def parse_args(argv):
@@ -49,17 +50,6 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="Also write the rows to this JSON file.")
     return p.parse_args(argv)
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_argv(loss_cls, loss, corpus, teacher_path, a, init, logs, name, device):
@@ -134,7 +124,7 @@ def main(argv=None) -> int:
             rows.append({"loss": loss, "init": init, "train_s": train_s, "steps": a.steps,
                          **{k: float(res[k]) for k, _ in METRICS}})
     print(f"\n{a.steps} steps x batch {a.batch_size}, student {a.model}, teacher demo-teacher, lr {a.lr}; "
-          f"{device}: {_cpu_model() if device == 'cpu' else torch.cuda.get_device_name()}, "
+          f"{device}: {cpu_model() if device == 'cpu' else torch.cuda.get_device_name()}, "
           f"{torch.get_num_threads()} threads")
     print(format_table(rows))
     if a.json:

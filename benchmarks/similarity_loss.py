@@ -34,6 +34,8 @@ import time
 H100_BF16_DENSE_FLOPS = 989e12
 NAIVE_LOGIT_MATRICES = {"infonce": 6, "kl": 12}  # rough count of live fp32 N x M tensors in naive fwd+bwd
 
+from machine import describe_device  # benchmarks/machine.py (scripts run from benchmarks/)
+
 
 def _flops(loss: str, n: int, m: int, d: int) -> float:
     return (8 if loss == "infonce" else 12) * n * m * d
@@ -168,20 +170,6 @@ def _available_bytes() -> int:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     return 1 << 62
-
-
-def describe_device(device: str) -> str:
-    if device.startswith("cuda"):
-        import torch
-        return torch.cuda.get_device_name(device)
-    model = "unknown CPU"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    import torch
-    return f"{model}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}"
 
 
 def main(argv=None):

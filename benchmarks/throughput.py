@@ -20,21 +20,11 @@ reading one K x D record). Modes run interleaved step by step (fair on a noisy s
 table reports the median step time, samples/s = batch / median, and the ratio to ``live``.
 """
 import argparse
-import platform
 import statistics
 import sys
 import time
 
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from machine import cpu_model  # benchmarks/machine.py (scripts run from benchmarks/)
 
 
 def parse_args(argv):
@@ -154,7 +144,7 @@ def main(argv=None):
             _sync(device)
             times[m].append(time.perf_counter() - t0)
 
-    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU: {_cpu_model()}"
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU: {cpu_model()}"
     print(f"### {args.teacher} -> {args.student}, batch {B} images + {T} sentences, views {view} px\n")
     print(f"{dev}, torch {torch.__version__}, {torch.get_num_threads()} threads, precision {precision} "
           f"(teacher {teacher_precision}), {args.steps} timed steps per mode after {args.warmup} warm-up, "
