@@ -126,6 +126,9 @@ def run(args) -> int:
         manifests.append(stage_manifest)
         _stage_error(stage, len(stages), _check_stage, stage, stage_manifest)
     if len(stages) > 1:
+        if args.deepspeed:  # a ZeRO engine exports the student on rank 0 only; stages hand it to every rank
+            raise DistillUsageError("--stages: multi-stage runs do not combine with --deepspeed yet; run them with "
+                                    "plain/DDP training (torchrun), or one stage per run with --pretrained")
         for stage in stages:  # parameter patterns are checked on the student's architecture up front
             _stage_error(stage, len(stages), check_parameter_patterns, stage)
     device = init_distributed_device(args)
