@@ -150,3 +150,11 @@ def test_shipped_dc_clip_stage_file_parses():
     assert first.args.distill_loss_kwargs["distance"] == "smooth_l1" and first.args.lr == 5e-4
     assert (second.args.distill_loss, second.args.epochs, second.args.lr) == ("contrastive", 2, 1e-4)
     assert second.args.train_data.startswith("/data/pairs/") and second.args.batch_size == 256
+
+
+def test_stages_refuse_deepspeed_up_front(tiny_corpus, tmp_path):
+    args = staged_args(tiny_corpus, tmp_path, "ds", stage_file(tmp_path, tiny_corpus)) + [
+        "--deepspeed", "configs/deepspeed/zero2.json"]
+    res = run_cli(args)
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode == 2 and "--stages" in last and "--deepspeed" in last, res.stderr[-2000:]
