@@ -21,8 +21,9 @@ import os
 import sys
 import time
 
-DEFAULTS = dict(model="minilm-text-student", epochs=8, batch_size=256, train_num_samples=None, lr=2e-3,
-                distance="cosine", heldout=1000)
+# 7 "epochs" of 6,400 sampled sentences = 700 steps of 64 (one held-out point every 100 steps)
+DEFAULTS = dict(model="minilm-text-student", epochs=7, batch_size=64, train_num_samples=6400, lr=2e-3,
+                distance="cosine", heldout=800)
 
 
 def minilm_dir() -> str:
@@ -89,8 +90,8 @@ def main(argv=None) -> int:
     flags = ["--distill-teacher", f"hf:{teacher_dir}", "--model", args.model, "--distill-loss", "feature",
              "--distill-loss-kwargs", "image_weight=0", f"distance={args.distance}", "--student-text-tower", "train",
              "--train-texts", paths["train"], "--train-num-samples", str(per_epoch), "--batch-size",
-             str(args.batch_size), "--epochs", str(args.epochs), "--lr", str(args.lr), "--wd", "0.01",
-             "--warmup", str(max(1, steps // 20)), "--precision", "fp32", "--workers", str(args.workers),
+             str(args.batch_size), "--epochs", str(args.epochs), "--lr", str(args.lr), "--wd", "0.01", "--beta2", "0.98", "--eps", "1e-6",
+             "--warmup", str(min(100, max(1, steps // 10))), "--precision", "fp32", "--workers", str(args.workers),
              "--save-frequency", "1", "--logs", os.path.join(args.out, "logs"), "--name", name,
              "--device", "cpu", "--seed", str(args.seed)]
     print("python -m openclip_distill.main " + " ".join(flags), flush=True)

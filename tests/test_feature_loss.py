@@ -16,17 +16,17 @@ from test_cli import base_args, read_losses, run_cli
 
 
 def reference(student, teacher, weight, bias, distance, beta=1.0, normalize=True):
-    """The formula written out elementwise in float64."""
+    """The formula written out elementwise in float64 (per-row sums over dimensions, mean over rows)."""
     s, t = student.double(), teacher.double()
     if normalize:
         s = s / s.norm(dim=-1, keepdim=True)
         t = t / t.norm(dim=-1, keepdim=True)
     x = s @ weight.double().T + bias.double()
     if distance == "mse":
-        return ((x - t) ** 2).mean()
+        return ((x - t) ** 2).sum(-1).mean()
     if distance == "smooth_l1":
         d = (x - t).abs()
-        return torch.where(d < beta, 0.5 * d ** 2 / beta, d - 0.5 * beta).mean()
+        return torch.where(d < beta, 0.5 * d ** 2 / beta, d - 0.5 * beta).sum(-1).mean()
     cos = (x * t).sum(-1) / (x.norm(dim=-1) * t.norm(dim=-1))
     return (1 - cos).mean()
 

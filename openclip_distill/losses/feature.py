@@ -6,9 +6,12 @@ the identity when the widths are equal) and ``d`` the distance:
 
     L_m = d(A_m(n(f_s)), n(f_t))        L = w_image * L_image + w_text * L_text
 
-    d = smooth_l1:  mean over rows and dimensions of SmoothL1(x - y; beta)    (DC-CLIP's choice)
-        mse:        mean over rows and dimensions of (x - y)^2
+    d = smooth_l1:  mean over rows of sum over dimensions of SmoothL1(x - y; beta)    (DC-CLIP's choice)
+        mse:        mean over rows of ||x - y||^2
         cosine:     mean over rows of 1 - cos(x, y)
+
+(Per-row sums, not means over every element: on unit-norm embeddings each element is ~1/sqrt(D), and
+a mean over D elements shrinks the gradient by D, down to the size of Adam's epsilon.)
 
 The adapters train with the student and are saved in training checkpoints (``loss_state_dict``),
 never in the exported student. A zero weight drops that modality from the data too: with
@@ -29,9 +32,9 @@ DISTANCES = ("smooth_l1", "mse", "cosine")
 def feature_distance(x: torch.Tensor, y: torch.Tensor, distance: str, beta: float = 1.0) -> torch.Tensor:
     """The mean distance between rows of ``x`` and ``y`` (see the module docstring)."""
     if distance == "smooth_l1":
-        return F.smooth_l1_loss(x, y, beta=beta)
+        return F.smooth_l1_loss(x, y, beta=beta, reduction="none").sum(-1).mean()
     if distance == "mse":
-        return F.mse_loss(x, y)
+        return F.mse_loss(x, y, reduction="none").sum(-1).mean()
     if distance == "cosine":
         return (1.0 - F.cosine_similarity(x, y, dim=-1)).mean()
     raise ValueError(f"unknown distance {distance!r}; choose one of {', '.join(DISTANCES)}")
