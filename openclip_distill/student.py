@@ -17,13 +17,6 @@ from .data.views import ModelInput
 STUDENT_OUTPUTS = ("image_features", "text_features", "logit_scale", "logit_bias")
 
 
-def unwrap(model):
-    """The bare module behind DDP / DeepSpeed engines (``.module``)."""
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
-    return model
-
-
 class OpenCLIPStudent:
     """Calls an OpenCLIP CLIP (``output_dict=True``; possibly wrapped by an engine) on shared views and
     raw sentences. ``model`` may be replaced by the engine's wrapper after construction."""
@@ -31,7 +24,7 @@ class OpenCLIPStudent:
     def __init__(self, model, tokenizer, *, device, precision="fp32"):
         self.model, self.tokenizer = model, tokenizer
         self.device = torch.device(device)
-        self.input = ModelInput.from_model(unwrap(model)).to(self.device)
+        self.input = ModelInput.from_model(model).to(self.device)  # unwraps DDP / DeepSpeed itself
         self.autocast = get_autocast(precision, device_type=self.device.type)
 
     @property

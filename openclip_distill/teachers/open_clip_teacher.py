@@ -8,10 +8,10 @@ from typing import Sequence
 
 import open_clip
 import torch
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip_train.precision import get_autocast
 
 from ..compute_dtype import at_least_fp32
+from ..data.views import ModelInput
 from ..errors import DistillUsageError
 from ..models.naming import check_model_name, resolve_pretrained
 from ..models.text_tower import text_tower_state_dict
@@ -40,16 +40,6 @@ def create_frozen_open_clip(name, pretrained, *, device, precision="fp32", cache
     return model, preprocess, tokenizer
 
 
-def _image_spec(model):
-    visual = model.visual
-    cfg = getattr(visual, "preprocess_cfg", None) or {}
-    size = getattr(visual, "image_size", None) or cfg.get("size")
-    size = tuple(size) if isinstance(size, (tuple, list)) else (int(size), int(size))
-    mean = cfg.get("mean") or getattr(visual, "image_mean", None) or OPENAI_DATASET_MEAN
-    std = cfg.get("std") or getattr(visual, "image_std", None) or OPENAI_DATASET_STD
-    return size, tuple(mean), tuple(std)
-
-
 class OpenCLIPTeacher(Teacher):
     """An OpenCLIP CLIP (both towers) behind the :class:`Teacher` contract."""
 
@@ -60,8 +50,10 @@ class OpenCLIPTeacher(Teacher):
         self.model, self.tokenizer = model, tokenizer
         self.name, self.pretrained = name, pretrained
         self.device = torch.device(device)
-        self.image_size, self.image_mean, self.image_std = _image_spec(model)
-        self._input = self.image_input()
+        self._input = ModelInput.from_model(model).to(self.device)  # OpenCLIP's own size and mean/std
+        self.image_size = self._input.image_size
+        self.image_mean = tuple(self._input.mean.flatten().tolist())
+        self.image_std = tuple(self._input.std.flatten().tolist())
         self._autocast = get_autocast(precision, device_type=self.device.type)
         self._dtype = next(model.parameters()).dtype
         self.logit_scale = float(model.logit_scale.exp().float().reshape(()))
