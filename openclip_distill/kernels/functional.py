@@ -23,7 +23,8 @@ import torch
 from . import chunked
 from .distributed import GatherCache, World, distributed_layout, gather_sizes, resolve_world
 from .layout import LossLayout
-from .naive import contrastive_loss_naive, similarity_kl_loss_naive
+from .chunked_ensemble import similarity_kl_ensemble_chunked
+from .naive import contrastive_loss_naive, similarity_kl_loss_ensemble_naive, similarity_kl_loss_naive
 from .naive_distributed import contrastive_loss_naive_distributed, similarity_kl_loss_naive_distributed
 from .scale import scale_tensor
 from .triton_support import auto_can_use_triton, check_triton_usable, is_kernel_failure, record_triton_failure, \
@@ -116,7 +117,19 @@ def similarity_kl_loss(student_a, student_b, teacher_a, teacher_b, *, student_sc
     (frozen teacher text tower) or ``student_a`` (self-similarity; both uses get gradient). Gradients reach
     the student tensors and ``student_scale`` (when a tensor requiring grad), never the teacher tensors.
     ``distributed``: see the module docstring.
+
+    A teacher *ensemble* (MobileCLIP, Vasu et al., CVPR 2024): ``teacher_a``, ``teacher_b`` and
+    ``teacher_scale`` given as sequences of K (teacher k: ``teacher_a[k]``, ``teacher_b[k]``, its own width and
+    ``teacher_scale[k]``); the target is the average of the K softmaxes,
+    ``p_i = 1/K sum_k softmax(teacher_scale[k] teacher_a[k][i] teacher_b[k]^T / tau)`` (and over columns).
+    A sequence of one is the single-teacher loss, same code path. Ensembles run ``naive`` or ``chunked``
+    (``auto`` picks ``chunked``) on one process.
     """
+    teachers_a, teachers_b, teacher_scales = ensemble_members(teacher_a, teacher_b, teacher_scale)
+    if len(teachers_a) > 1:
+        return _similarity_kl_ensemble(student_a, student_b, teachers_a, teachers_b, teacher_scales, student_scale,
+                                       temperature, bidirectional, impl, distributed)
+    teacher_a, teacher_b, teacher_scale = teachers_a[0], teachers_b[0], teacher_scales[0]
     requested, impl = impl, resolve_impl(impl, student_a)
     if student_a.shape[0] != teacher_a.shape[0] or student_b.shape[0] != teacher_b.shape[0]:
         raise ValueError("similarity_kl_loss: student_a/teacher_a and student_b/teacher_b must have the same rows, got "
@@ -138,6 +151,53 @@ def similarity_kl_loss(student_a, student_b, teacher_a, teacher_b, *, student_sc
     gathered, layout = _columns_and_layout(world, student_a, [student_b, teacher_b], weights)
     return _run_fused(requested, impl, 1, student_a, gathered[0], teacher_a, gathered[1], student_mult, teacher_mult,
                       layout)
+
+
+def ensemble_members(teacher_a, teacher_b, teacher_scale):
+    """``(teachers_a, teachers_b, teacher_scales)`` as lists of K: a tensor (one teacher) or a sequence
+    (an ensemble) each; a python float scale serves every teacher."""
+    as_list = lambda x: [x] if isinstance(x, torch.Tensor) else list(x)  # noqa: E731
+    teachers_a, teachers_b = as_list(teacher_a), as_list(teacher_b)
+    scales = [teacher_scale] * len(teachers_a) if isinstance(teacher_scale, (int, float)) else as_list(teacher_scale)
+    if not len(teachers_a) == len(teachers_b) == len(scales) >= 1:
+        raise ValueError(f"similarity_kl_loss: a teacher ensemble needs as many teacher_a, teacher_b and "
+                         f"teacher_scale entries, got {len(teachers_a)}, {len(teachers_b)} and {len(scales)}")
+    return teachers_a, teachers_b, scales
+
+
+def check_ensemble_impl(impl: str, distributed=None, what: str = "similarity_kl_loss") -> str:
+    """The implementation a teacher ensemble runs with (``auto`` -> ``chunked``); ``triton`` and a
+    distributed run are refused in one line naming the flags."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "triton":
+        raise ValueError(f"{what}: --distill-teacher with several teachers (an ensemble) needs --loss-impl "
+                         f"chunked|naive (or auto); the Triton kernels take one teacher")
+    if resolve_world(distributed) is not None:
+        raise ValueError(f"{what}: --distill-teacher with several teachers (an ensemble) trains on one process; "
+                         f"the distributed similarity KL takes one teacher: launch a single process or one teacher")
+    return "chunked" if impl == "auto" else impl
+
+
+def _similarity_kl_ensemble(student_a, student_b, teachers_a, teachers_b, teacher_scales, student_scale, temperature,
+                            bidirectional, impl, distributed):
+    impl = check_ensemble_impl(impl, distributed)
+    for k, (a, b) in enumerate(zip(teachers_a, teachers_b)):
+        if student_a.shape[0] != a.shape[0] or student_b.shape[0] != b.shape[0]:
+            raise ValueError(f"similarity_kl_loss: teacher {k} of the ensemble has {a.shape[0]} x {b.shape[0]} "
+                             f"rows, the student {student_a.shape[0]} x {student_b.shape[0]}")
+    if impl == "naive":
+        return similarity_kl_loss_ensemble_naive(student_a, student_b, teachers_a, teachers_b,
+                                                 student_scale=student_scale, teacher_scales=teacher_scales,
+                                                 temperature=temperature, bidirectional=bidirectional)
+    inv_tau = 1.0 / float(temperature)
+    student_mult = scale_tensor(student_scale, student_a) * inv_tau
+    teacher_mults = [scale_tensor(t, a).detach() * inv_tau for t, a in zip(teacher_scales, teachers_a)]
+    num_cols = student_b.shape[0]
+    layout = LossLayout.local(num_cols, row_weight=1.0 / student_a.shape[0],
+                              col_weight=1.0 / num_cols if bidirectional else 0.0)
+    return similarity_kl_ensemble_chunked(student_a, student_b, teachers_a, teachers_b, student_mult, teacher_mults,
+                                          layout)
 
 
 def _columns_and_layout(world: World, rows: torch.Tensor, columns, weights):

@@ -1,0 +1,154 @@
+"""Tiled similarity KL against a teacher *ensemble* (MobileCLIP, Vasu et al., CVPR 2024: the target is
+the average of the teachers' softmaxes, "average after softmax"), without any N x M matrix per teacher.
+
+With teacher logits ``A_k = t_k * Ta_k Tb_k^T`` (K teachers, each its own width and scale), student
+logits ``B = s * Sa Sb^T`` (tau folded into the scales) and
+
+    p_ij  = 1/K sum_k exp(A_k,ij - lse_j A_k,i.)        (mixed row softmax)
+    p'_ij = 1/K sum_k exp(A_k,ij - lse_i A_k,.j)        (mixed column softmax)
+
+    f = row_weight * sum_i sum_j p_ij (log p_ij - log q_ij) + col_weight * sum_j sum_i p'_ij (log p'_ij - log q'_ij)
+    dL/dB_ij = row_weight * (q_ij - p_ij) + col_weight * (q'_ij - p'_ij)
+
+(q, q' the row/column softmaxes of B). A column softmax needs statistics over *all* rows before any
+probability can be mixed, so the forward walks the row chunks twice: pass 1 collects every teacher's and
+the student's row and column log-sum-exps (O(K (N + M)) floats), pass 2 recomputes each tile, mixes the K
+teachers' probabilities in log space (``logaddexp``, so nothing underflows) and sums the KL terms. The
+backward recomputes the tiles once more; the student's gradient needs only the mixed ``p``. A tile costs a
+few ``chunk_rows x M`` buffers whatever K is. One process only (``LossLayout.local``).
+"""
+import math
+
+import torch
+
+from .chunked import _chunk_rows, _chunks, _compute_dtype, _fp32
+from .layout import LossLayout
+from .online_softmax import log_sum_exp, rescale_running_stats
+from .raw_grads import finish_grads
+
+
+def _logits(rows, mult, cols):
+    return torch.mm(rows * mult, cols.T)
+
+
+class _ColumnLSE:
+    """Running per-column log-sum-exp over row chunks (online softmax, running max starts at -inf)."""
+
+    def __init__(self, like, num_cols):
+        self.max = like.new_full((num_cols,), float("-inf"))
+        self.sum = like.new_zeros(num_cols)
+
+    def add(self, tile):
+        new_max = torch.maximum(self.max, tile.amax(0))
+        rescale_running_stats(self.max, new_max, [self.sum])
+        self.sum += torch.exp(tile - new_max).sum(0)
+        self.max = new_max
+
+    def lse(self):
+        return log_sum_exp(self.max, self.sum)
+
+
+def _mixed_log_probs(teacher_tiles, lse_of):
+    """``log(1/K sum_k exp(A_k - lse_k))`` for one tile; ``lse_of(k)`` broadcasts against the tile."""
+    out = None
+    for k, a in enumerate(teacher_tiles):
+        logp = a - lse_of(k)
+        out = logp if out is None else torch.logaddexp(out, logp)
+    return out - math.log(len(teacher_tiles))
+
+
+class ChunkedEnsembleSimilarityKL(torch.autograd.Function):
+    """Similarity KL with the averaged softmax of K teachers as the target (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, student_rows, student_cols, student_mult, layout: LossLayout, chunk_rows: int, num_teachers: int,
+                *teacher_inputs):
+        if layout.reduce_column_stats is not None:
+            raise ValueError("a teacher ensemble runs on one process: the distributed similarity KL takes one teacher")
+        t_rows, t_cols, t_mults = (teacher_inputs[i * num_teachers:(i + 1) * num_teachers] for i in range(3))
+        dtype = _compute_dtype(student_rows, student_cols, *t_rows, *t_cols)
+        s_left, s_right = _fp32(student_rows, dtype), _fp32(student_cols, dtype)
+        t_left, t_right = [_fp32(x, dtype) for x in t_rows], [_fp32(x, dtype) for x in t_cols]
+        num_rows, num_cols = s_left.shape[0], s_right.shape[0]
+        columns = layout.has_columns
+
+        # pass 1: row and column log-sum-exps of the student and of every teacher
+        row_lse_s = s_left.new_empty(num_rows)
+        row_lse_t = [s_left.new_empty(num_rows) for _ in range(num_teachers)]
+        col_s = _ColumnLSE(s_left, num_cols)
+        col_t = [_ColumnLSE(s_left, num_cols) for _ in range(num_teachers)]
+        for start, stop in _chunks(num_rows, chunk_rows):
+            b = _logits(s_left[start:stop], student_mult, s_right)
+            row_lse_s[start:stop] = torch.logsumexp(b, 1)
+            if columns:
+                col_s.add(b)
+            for k in range(num_teachers):
+                a = _logits(t_left[k][start:stop], t_mults[k], t_right[k])
+                row_lse_t[k][start:stop] = torch.logsumexp(a, 1)
+                if columns:
+                    col_t[k].add(a)
+        col_lse_s = col_s.lse() if columns else row_lse_s.new_empty(0)
+        col_lse_t = [c.lse() if columns else row_lse_s.new_empty(0) for c in col_t]
+
+        # pass 2: mix the teachers' probabilities tile by tile and sum the KL terms
+        row_kl = s_left.new_empty(num_rows)
+        col_kl = s_left.new_zeros(num_cols if columns else 0)
+        for start, stop in _chunks(num_rows, chunk_rows):
+            b = _logits(s_left[start:stop], student_mult, s_right)
+            a = [_logits(t_left[k][start:stop], t_mults[k], t_right[k]) for k in range(num_teachers)]
+            logp = _mixed_log_probs(a, lambda k: row_lse_t[k][start:stop, None])
+            row_kl[start:stop] = (logp.exp() * (logp - (b - row_lse_s[start:stop, None]))).sum(1)
+            if columns:
+                logp = _mixed_log_probs(a, lambda k: col_lse_t[k])
+                col_kl += (logp.exp() * (logp - (b - col_lse_s))).sum(0)
+        ctx.save_for_backward(student_rows, student_cols, student_mult, row_lse_s, col_lse_s, *row_lse_t, *col_lse_t,
+                              *teacher_inputs)
+        ctx.layout, ctx.chunk_rows, ctx.num_teachers = layout, chunk_rows, num_teachers
+        total = row_kl.sum() * layout.row_weight
+        if columns:
+            total = total + col_kl.sum() * layout.col_weight
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        saved = ctx.saved_tensors
+        layout, chunk_rows, num_teachers = ctx.layout, ctx.chunk_rows, ctx.num_teachers
+        student_rows, student_cols, student_mult, row_lse_s, col_lse_s = saved[:5]
+        row_lse_t = saved[5:5 + num_teachers]
+        col_lse_t = saved[5 + num_teachers:5 + 2 * num_teachers]
+        teacher_inputs = saved[5 + 2 * num_teachers:]
+        t_rows, t_cols, t_mults = (teacher_inputs[i * num_teachers:(i + 1) * num_teachers] for i in range(3))
+        need_rows, need_cols, need_scale = ctx.needs_input_grad[:3]
+        dtype = _compute_dtype(student_rows, student_cols, *t_rows, *t_cols)
+        s_left, s_right = _fp32(student_rows, dtype), _fp32(student_cols, dtype)
+        t_left, t_right = [_fp32(x, dtype) for x in t_rows], [_fp32(x, dtype) for x in t_cols]
+        d_left = s_left.new_empty(s_left.shape) if (need_rows or need_scale) else None
+        d_right = torch.zeros_like(s_right) if need_cols else None
+        weight, row_ratio = layout.tile_weights()
+        for start, stop in _chunks(s_left.shape[0], chunk_rows):
+            b = _logits(s_left[start:stop], student_mult, s_right)
+            a = [_logits(t_left[k][start:stop], t_mults[k], t_right[k]) for k in range(num_teachers)]
+            g = torch.exp(b - row_lse_s[start:stop, None]) - _mixed_log_probs(
+                a, lambda k: row_lse_t[k][start:stop, None]).exp()                         # q - p
+            if layout.has_columns:
+                col_g = torch.exp(b - col_lse_s) - _mixed_log_probs(a, lambda k: col_lse_t[k]).exp()  # q' - p'
+                g = col_g + row_ratio * g
+            if d_left is not None:
+                d_left[start:stop] = g @ s_right
+            if d_right is not None:
+                d_right.addmm_(g.T, s_left[start:stop])
+        grads = finish_grads(grad_output, weight, student_mult, s_left, d_left, d_right, student_rows, student_cols,
+                             need_rows, need_scale)
+        return grads + (None, None, None) + (None,) * len(teacher_inputs)
+
+
+def similarity_kl_ensemble_chunked(student_rows, student_cols, teachers_rows, teachers_cols, student_mult,
+                                   teacher_mults, layout: LossLayout, *, chunk_rows: int = None):
+    """Tiled similarity KL against the averaged softmax of ``len(teachers_rows)`` teachers (see
+    ``ChunkedEnsembleSimilarityKL``); ``teacher_mults[k]`` is teacher k's scale / tau (a 0-d tensor)."""
+    if not len(teachers_rows) == len(teachers_cols) == len(teacher_mults) >= 1:
+        raise ValueError(f"an ensemble needs as many teacher row/column features and scales, got "
+                         f"{len(teachers_rows)}, {len(teachers_cols)}, {len(teacher_mults)}")
+    teachers = [t.detach() for t in (*teachers_rows, *teachers_cols, *teacher_mults)]
+    return ChunkedEnsembleSimilarityKL.apply(student_rows, student_cols, student_mult, layout, _chunk_rows(chunk_rows),
+                                             len(teachers_rows), *teachers)
