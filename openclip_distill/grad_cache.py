@@ -11,7 +11,8 @@ plain accumulation does) loses the cross-micro-batch negatives. Instead, for K m
 
 The parameter gradient equals the one of a single batch K times as large. Outputs are combined by
 shape, not by name: a tensor with a batch dimension is concatenated, a 0-d tensor (a logit scale)
-is shared by all micro-batches, so any loss input a task produces works.
+is shared by all micro-batches, a tuple (one entry per ensemble teacher) is combined entry by entry, so
+any loss input a task produces works.
 """
 import torch
 
@@ -31,7 +32,10 @@ def _set_rng_state(state, device):
 
 
 def _combine(parts):
-    """Concatenate per-micro-batch tensors along the batch; a 0-d tensor is shared (the first one)."""
+    """Concatenate per-micro-batch tensors along the batch; a 0-d tensor is shared (the first one); tuples
+    (a teacher ensemble's per-member outputs) combine entry by entry."""
+    if isinstance(parts[0], tuple):
+        return tuple(_combine([p[i] for p in parts]) for i in range(len(parts[0])))
     if parts[0] is None or not torch.is_tensor(parts[0]):
         return parts[0]
     if parts[0].ndim == 0:

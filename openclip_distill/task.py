@@ -8,11 +8,15 @@ among:
     image_features, text_features, logit_scale, logit_bias                          (student, with grad)
     dist_image_features, dist_text_features, dist_logit_scale, dist_logit_bias      (teacher, no grad)
 
+With a teacher ensemble (``--distill-teacher A,B``) every ``dist_*`` input is a tuple with one entry per
+teacher (``dist_image_features[k]``: teacher k's ``[N, D_k]`` features, ``dist_logit_scale[k]`` its scale);
+with one teacher they are plain tensors, as before.
+
 Which modalities a step carries follows the loss (``loss_modalities``): a loss that only uses text
 trains from sentences alone, one that only uses images from images alone.
 """
 import inspect
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -39,9 +43,8 @@ class LiveTeacherTargets:
 
     def __init__(self, teacher, device):
         self.teacher = teacher
-        self.scale = torch.tensor(float(teacher.logit_scale), dtype=torch.float32, device=device)
-        self.bias = (None if teacher.logit_bias is None
-                     else torch.tensor(float(teacher.logit_bias), dtype=torch.float32, device=device))
+        self.scale = _scalars(teacher.logit_scale, device)
+        self.bias = None if teacher.logit_bias is None else _scalars(teacher.logit_bias, device)
 
     def __call__(self, batch, images, modalities) -> dict:
         out = {}
@@ -58,21 +61,32 @@ class LiveTeacherTargets:
         return out
 
 
+def _scalars(values, device):
+    """A 0-d fp32 tensor for a float, a tuple of them for a sequence (one per ensemble member)."""
+    if isinstance(values, (tuple, list)):
+        return tuple(torch.tensor(float(v), dtype=torch.float32, device=device) for v in values)
+    return torch.tensor(float(values), dtype=torch.float32, device=device)
+
+
 class CachedTeacherTargets(LiveTeacherTargets):
     """Targets read from the batch (``dist_image_features``/``dist_text_features``, written by the
-    teacher-embedding cache loader) with the cached teacher's scale and bias."""
+    teacher-embedding cache loader) with the cached teacher's scale and bias. A cached ensemble stores its
+    members' embeddings side by side (``embed_dims``: each member's width); they are split back into one
+    tensor per member."""
 
-    def __init__(self, logit_scale: float, logit_bias: Optional[float], device):
+    def __init__(self, logit_scale, logit_bias, device, embed_dims: Optional[Sequence[int]] = None):
         self.teacher = None
         self.device = device
-        self.scale = torch.tensor(float(logit_scale), dtype=torch.float32, device=device)
-        self.bias = None if logit_bias is None else torch.tensor(float(logit_bias), dtype=torch.float32, device=device)
+        self.embed_dims = None if embed_dims is None else [int(d) for d in embed_dims]
+        self.scale = _scalars(logit_scale, device)
+        self.bias = None if logit_bias is None else _scalars(logit_bias, device)
 
     def __call__(self, batch, images, modalities) -> dict:
         out = {}
         for key, modality in (("dist_image_features", IMAGE), ("dist_text_features", TEXT)):
             if modality in modalities:
-                out[key] = batch[key].to(self.device, torch.float32, non_blocking=True)
+                features = batch[key].to(self.device, torch.float32, non_blocking=True)
+                out[key] = features if self.embed_dims is None else tuple(features.split(self.embed_dims, dim=1))
         return self._with_scales(out)
 
 
@@ -124,16 +138,18 @@ class DistillTask:
 
 
 def create_task(student_model, student_tokenizer, loss, teacher=None, *, cached_logit_scale=None,
-                cached_logit_bias=None, device="cpu", precision="fp32", train_student_text=False) -> DistillTask:
+                cached_logit_bias=None, cached_embed_dims=None, device="cpu", precision="fp32",
+                train_student_text=False) -> DistillTask:
     """A :class:`DistillTask` for an OpenCLIP ``student_model`` and either a live ``teacher``
-    (:class:`~openclip_distill.teachers.Teacher`) or cached targets (``cached_logit_scale`` /
-    ``cached_logit_bias`` of the cache's teacher; the features come with each batch)."""
+    (:class:`~openclip_distill.teachers.Teacher` or ``TeacherEnsemble``) or cached targets
+    (``cached_logit_scale`` / ``cached_logit_bias`` of the cache's teacher, tuples for a cached ensemble
+    whose members' widths are ``cached_embed_dims``; the features come with each batch)."""
     from .student import OpenCLIPStudent
 
     if teacher is not None:
         targets = LiveTeacherTargets(teacher, device)
     elif cached_logit_scale is not None:
-        targets = CachedTeacherTargets(cached_logit_scale, cached_logit_bias, device)
+        targets = CachedTeacherTargets(cached_logit_scale, cached_logit_bias, device, cached_embed_dims)
     else:
         raise ValueError("create_task needs a teacher or the cached teacher's logit scale")
     student = OpenCLIPStudent(student_model, student_tokenizer, device=device, precision=precision)

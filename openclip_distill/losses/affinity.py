@@ -11,6 +11,9 @@ the teacher's, both at one fixed scale ``c``:
 fused similarity KL plus the teacher's entropy (``H(p, q) = KL(p || q) + H(p)``), so with
 ``impl="chunked"`` or ``"triton"`` no N x N matrix is materialised. Features are the normalised
 embeddings the loss receives; the student's own logit scale enters only the contrastive term.
+
+Teacher ensemble (``--distill-teacher A,B``, MobileCLIP): the teacher affinity is the average of the K
+teachers' softmaxes, every teacher at the same scale ``c``, and ``H`` uses that average.
 """
 import torch
 import torch.nn as nn
@@ -18,6 +21,7 @@ import torch.nn as nn
 from ..errors import DistillUsageError
 from ..kernels import contrastive_loss, similarity_entropy, similarity_kl_loss
 from ..registry import register_loss
+from .teacher_members import detached
 
 
 @register_loss("affinity")
@@ -39,7 +43,7 @@ class AffinityMimickingLoss(nn.Module):
         if text_features is None:
             raise DistillUsageError("--distill-loss affinity needs the student's own text features; "
                                     "use --student-text-tower train")
-        teacher_i, teacher_t = dist_image_features.detach(), dist_text_features.detach()
+        teacher_i, teacher_t = detached(dist_image_features), detached(dist_text_features)  # tuples: an ensemble
         kl = similarity_kl_loss(image_features, text_features, teacher_i, teacher_t, student_scale=self.scale,
                                 teacher_scale=self.scale, bidirectional=True, impl=self.impl)
         entropy = similarity_entropy(teacher_i, teacher_t, self.scale, bidirectional=True)

@@ -7,11 +7,15 @@
 fused KL plus the teacher entropy so no N x M matrix needs to be materialised. Unlike OpenCLIP's
 version it accepts a teacher logit bias (SigLIP teachers): a per-matrix constant does not change a
 softmax, so it is ignored.
+
+Teacher ensemble (``--distill-teacher A,B``, MobileCLIP): the teacher softmax is the average of the K
+teachers' softmaxes, each at its own logit scale, and ``H`` is that average's entropy.
 """
 import torch.nn as nn
 
 from ..kernels import contrastive_loss, similarity_kl_loss, similarity_entropy
 from ..registry import register_loss
+from .teacher_members import detached
 
 
 @register_loss("clip-distill")
@@ -29,7 +33,7 @@ class ClipDistillLoss(nn.Module):
     def forward(self, image_features, text_features, logit_scale, dist_image_features, dist_text_features,
                 dist_logit_scale, logit_bias=None, dist_logit_bias=None, output_dict=False):
         con = contrastive_loss(image_features, text_features, logit_scale, impl=self.impl)
-        teacher_i, teacher_t = dist_image_features.detach(), dist_text_features.detach()
+        teacher_i, teacher_t = detached(dist_image_features), detached(dist_text_features)  # tuples: an ensemble
         kl = similarity_kl_loss(image_features, text_features, teacher_i, teacher_t,
                                 student_scale=logit_scale, teacher_scale=dist_logit_scale,
                                 bidirectional=True, impl=self.impl)

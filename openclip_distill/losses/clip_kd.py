@@ -17,7 +17,12 @@ queries against teacher keys, so it needs one width: when the widths differ it u
 ``n(P_i I)`` and ``n(P_t T)`` with ``n`` the row-wise L2 normalisation (CLIP-KD does the same), which
 also trains the maps through ICL; when they match it uses ``I`` and ``T`` as they are. The maps train
 with the student and are saved in training checkpoints (``loss_state_dict``), never in the exported
-student. Every similarity matrix goes through ``openclip_distill.kernels`` (``impl``), so with
+student.
+
+Teacher ensemble (``--distill-teacher A,B``, MobileCLIP): CRD's target is the average of the K
+teachers' softmaxes (each at its own ``s_t``); ICL and FD put the teacher's features into the student's
+logits or regression target, so each is the mean over teachers of the single-teacher term, with one
+pair of maps ``P_i, P_t`` per teacher. Every similarity matrix goes through ``openclip_distill.kernels`` (``impl``), so with
 ``impl="chunked"`` or ``"triton"`` no N x N matrix is materialised.
 """
 from typing import Optional
@@ -29,7 +34,8 @@ import torch.nn.functional as F
 from ..errors import DistillUsageError
 from ..kernels import contrastive_loss, cross_entropy_rows, similarity_kl_loss
 from ..registry import register_loss
-from .feature import make_adapter
+from .feature import make_adapters
+from .teacher_members import adapter_list, detached, mean_over_teachers, student_and_teacher_dims, teacher_members
 
 
 @register_loss("clip-kd")
@@ -50,12 +56,11 @@ class ClipKDLoss(nn.Module):
         self.task_weight, self.crd_weight = float(task_weight), float(crd_weight)
         self.icl_weight, self.fd_weight = float(icl_weight), float(fd_weight)
         self.impl = impl
-        s_dim = student_embed_dim or teacher_embed_dim
-        t_dim = teacher_embed_dim or student_embed_dim
-        self.widths_differ = bool(s_dim) and s_dim != t_dim
-        needs_maps = bool(s_dim) and (self.fd_weight or (self.icl_weight and self.widths_differ))
-        self.image_map = make_adapter(s_dim, t_dim) if needs_maps else None
-        self.text_map = make_adapter(s_dim, t_dim) if needs_maps else None
+        s_dim, t_dims = student_and_teacher_dims(student_embed_dim, teacher_embed_dim)
+        self.widths_differ = bool(s_dim) and any(s_dim != t for t in t_dims)
+        needs_maps = bool(s_dim) and bool(self.fd_weight or (self.icl_weight and self.widths_differ))
+        self.image_map = make_adapters(s_dim, t_dims) if needs_maps else None
+        self.text_map = make_adapters(s_dim, t_dims) if needs_maps else None
 
     @staticmethod
     def _mapped(x, linear_map, width, name):
@@ -72,7 +77,7 @@ class ClipKDLoss(nn.Module):
         if text_features is None:
             raise DistillUsageError("--distill-loss clip-kd needs the student's own text features; "
                                     "use --student-text-tower train")
-        teacher_i, teacher_t = dist_image_features.detach(), dist_text_features.detach()
+        teacher_i, teacher_t = detached(dist_image_features), detached(dist_text_features)  # tuples: an ensemble
         zero = image_features.new_zeros((), dtype=torch.float32)
         out = {"task_loss": zero, "crd_loss": zero, "icl_loss": zero, "fd_loss": zero}
         if self.task_weight:
@@ -82,23 +87,36 @@ class ClipKDLoss(nn.Module):
             out["crd_loss"] = self.crd_weight * 0.5 * similarity_kl_loss(
                 image_features, text_features, teacher_i, teacher_t, student_scale=logit_scale,
                 teacher_scale=dist_logit_scale, bidirectional=True, impl=self.impl)
+        if self.icl_weight or self.fd_weight:
+            members_i, members_t = teacher_members(teacher_i), teacher_members(teacher_t)
+            maps = zip(adapter_list(self.image_map, len(members_i)), adapter_list(self.text_map, len(members_t)))
+            icl, fd = zip(*(self._teacher_terms(image_features, text_features, logit_scale, ti, tt, pi, pt)
+                            for ti, tt, (pi, pt) in zip(members_i, members_t, maps)))
+            if self.icl_weight:
+                out["icl_loss"] = self.icl_weight * 0.5 * mean_over_teachers(icl)
+            if self.fd_weight:
+                out["fd_loss"] = self.fd_weight * mean_over_teachers(fd)
+        if output_dict:
+            return out
+        return sum(out.values())
+
+    def _teacher_terms(self, image_features, text_features, logit_scale, teacher_i, teacher_t, image_map, text_map):
+        """``(2 ICL, FD)`` against one teacher, unweighted (None where the weight is 0)."""
         width = teacher_i.shape[-1]
-        mapped_i = mapped_t = None
-        if self.fd_weight or (self.icl_weight and self.widths_differ):
-            mapped_i = self._mapped(image_features, self.image_map, width, "image")
-            mapped_t = self._mapped(text_features, self.text_map, width, "text")
+        differ = image_features.shape[-1] != width
+        mapped_i = mapped_t = icl = fd = None
+        if self.fd_weight or (self.icl_weight and differ):
+            mapped_i = self._mapped(image_features, image_map, width, "image")
+            mapped_t = self._mapped(text_features, text_map, width, "text")
         if self.icl_weight:
-            if self.widths_differ:
+            if differ:
                 query_i, query_t = F.normalize(mapped_i, dim=-1), F.normalize(mapped_t, dim=-1)
             else:
                 query_i = self._mapped(image_features, None, width, "image")
                 query_t = self._mapped(text_features, None, width, "text")
-            out["icl_loss"] = self.icl_weight * 0.5 * (
-                cross_entropy_rows(query_i, teacher_t, logit_scale, impl=self.impl)
-                + cross_entropy_rows(query_t, teacher_i, logit_scale, impl=self.impl))
+            icl = (cross_entropy_rows(query_i, teacher_t, logit_scale, impl=self.impl)
+                   + cross_entropy_rows(query_t, teacher_i, logit_scale, impl=self.impl))
         if self.fd_weight:
-            out["fd_loss"] = self.fd_weight * (F.mse_loss(mapped_i, teacher_i.to(mapped_i.dtype))
-                                               + F.mse_loss(mapped_t, teacher_t.to(mapped_t.dtype)))
-        if output_dict:
-            return out
-        return sum(out.values())
+            fd = (F.mse_loss(mapped_i, teacher_i.to(mapped_i.dtype))
+                  + F.mse_loss(mapped_t, teacher_t.to(mapped_t.dtype)))
+        return icl, fd

@@ -10,6 +10,12 @@ With ``n(x)`` the row-wise L2 normalisation, ``s`` the fixed logit scale (100), 
 
 ``KL_rows`` is the batch-mean row-wise KL(teacher softmax || student softmax), ``KL_bi`` adds the
 column direction. Official defaults (sunxm2357/DIME-FM): tau = (1, 3, 7), weights (0.7, 0.3, 0.0).
+
+Teacher ensemble (``--distill-teacher A,B``, MobileCLIP's average after softmax): in L_vl and L_udist
+the teacher softmax is the average of the K teachers' softmaxes (``t`` is then the student's own text
+side, or the *first* teacher's text features when the student reuses that teacher's text tower);
+L_pvl's student logits ``s n(v_s) n(v_t)^T`` contain the teacher's features, so it is the mean over
+teachers of the single-teacher term (every teacher's width must then equal the student's).
 """
 import torch.nn as nn
 import torch.nn.functional as F
@@ -18,6 +24,7 @@ from ..compute_dtype import compute_dtype
 from ..kernels import similarity_kl_loss
 from ..errors import DistillUsageError
 from ..registry import register_loss
+from .teacher_members import mean_over_teachers, normalized_targets, teacher_dims, teacher_members
 
 
 def _check_pvl_widths(student_dim, teacher_dim):
@@ -47,7 +54,8 @@ class DimeFMLoss(nn.Module):
         self.logit_scale = float(logit_scale)
         self.impl = impl
         if self.pvl_weight and student_embed_dim and teacher_embed_dim:  # known up front: fail before training
-            _check_pvl_widths(student_embed_dim, teacher_embed_dim)
+            for teacher_dim in teacher_dims(teacher_embed_dim):
+                _check_pvl_widths(student_embed_dim, teacher_dim)
 
     def _kl(self, student_a, student_b, teacher_a, teacher_b, temperature, bidirectional):
         return similarity_kl_loss(
@@ -56,23 +64,30 @@ class DimeFMLoss(nn.Module):
             impl=self.impl)
 
     def _self_terms(self, student, teacher, temperature, paired_with_teacher):
-        """2 * KL_rows(s T T^T, s S X^T) with X = T (L_pvl) or X = S (L_udist)."""
-        other = teacher if paired_with_teacher else student
-        return 2.0 * self._kl(student, other, teacher, teacher, temperature, bidirectional=False)
+        """2 * KL_rows(s T T^T, s S X^T) with X = T (L_pvl) or X = S (L_udist).
+
+        An ensemble (``teacher`` a tuple): L_udist's target is the teachers' averaged softmax; L_pvl's student
+        logits contain the teacher's features, so it is the mean over teachers of the single-teacher term."""
+        if paired_with_teacher:
+            return mean_over_teachers([2.0 * self._kl(student, t, t, t, temperature, bidirectional=False)
+                                       for t in teacher_members(teacher)])
+        return 2.0 * self._kl(student, student, teacher, teacher, temperature, bidirectional=False)
 
     def forward(self, image_features, dist_image_features, dist_text_features, text_features=None,
                 output_dict=False):
         v_s = F.normalize(image_features, dim=-1)
-        v_t = F.normalize(dist_image_features.detach(), dim=-1)
-        t_t = F.normalize(dist_text_features.detach(), dim=-1)
+        v_t = normalized_targets(dist_image_features)
+        t_t = normalized_targets(dist_text_features)
         t_s = None if text_features is None else F.normalize(text_features, dim=-1)
         zero = v_s.new_zeros((), dtype=compute_dtype(v_s))
         if self.pvl_weight:
-            _check_pvl_widths(v_s.shape[1], v_t.shape[1])
+            for member in teacher_members(v_t):
+                _check_pvl_widths(v_s.shape[1], member.shape[1])
 
         vl = pvl = udist = zero
         if self.vl_weight:
-            t = t_t if t_s is None else t_s
+            # a student on the frozen teacher text tower: with an ensemble, the first teacher's (the one adopted)
+            t = teacher_members(t_t)[0] if t_s is None else t_s
             vl = self.vl_weight * self._kl(v_s, t, v_t, t_t, self.vl_temperature, bidirectional=True)
         if self.pvl_weight:
             pvl = self._self_terms(v_s, v_t, self.pvl_temperature, paired_with_teacher=True)

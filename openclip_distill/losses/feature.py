@@ -13,11 +13,15 @@ the identity when the widths are equal) and ``d`` the distance:
 (Per-row sums, not means over every element: on unit-norm embeddings each element is ~1/sqrt(D), and
 a mean over D elements shrinks the gradient by D, down to the size of Adam's epsilon.)
 
+With a teacher ensemble (``--distill-teacher A,B``) each ``L_m`` is the mean over the teachers of the
+single-teacher term, with one adapter per teacher (a regression target cannot be averaged after a
+softmax; the student regresses onto each teacher through its own map).
+
 The adapters train with the student and are saved in training checkpoints (``loss_state_dict``),
 never in the exported student. A zero weight drops that modality from the data too: with
 ``image_weight=0`` the run needs sentences only (``--train-texts``), with ``text_weight=0`` images only.
 """
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
@@ -25,6 +29,7 @@ import torch.nn.functional as F
 
 from ..errors import DistillUsageError
 from ..registry import register_loss
+from .teacher_members import adapter_list, mean_over_teachers, student_and_teacher_dims, teacher_members
 
 DISTANCES = ("smooth_l1", "mse", "cosine")
 
@@ -50,6 +55,13 @@ def make_adapter(student_dim: int, teacher_dim: int) -> nn.Linear:
     return adapter
 
 
+def make_adapters(student_dim: int, teacher_dims: List[int]) -> nn.Module:
+    """One adapter (one teacher), or an ``nn.ModuleList`` with one per teacher of an ensemble."""
+    if len(teacher_dims) == 1:
+        return make_adapter(student_dim, teacher_dims[0])
+    return nn.ModuleList(make_adapter(student_dim, d) for d in teacher_dims)
+
+
 @register_loss("feature")
 class FeatureDistillLoss(nn.Module):
     """``d(A(f_s), f_t)`` per modality with learned adapters; sentence-only or image-only runs allowed."""
@@ -67,20 +79,25 @@ class FeatureDistillLoss(nn.Module):
             raise DistillUsageError("--distill-loss-kwargs: feature needs image_weight or text_weight > 0")
         self.distance, self.normalize, self.beta = distance, bool(normalize), float(beta)
         self.impl = impl  # no similarity matrix here; accepted like every loss
-        s_dim = student_embed_dim or teacher_embed_dim
-        t_dim = teacher_embed_dim or student_embed_dim
-        self.image_adapter = make_adapter(s_dim, t_dim) if (s_dim and self.image_weight) else None
-        self.text_adapter = make_adapter(s_dim, t_dim) if (s_dim and self.text_weight) else None
+        s_dim, t_dims = student_and_teacher_dims(student_embed_dim, teacher_embed_dim)
+        self.image_adapter = make_adapters(s_dim, t_dims) if (s_dim and self.image_weight) else None
+        self.text_adapter = make_adapters(s_dim, t_dims) if (s_dim and self.text_weight) else None
 
     @property
     def modalities(self) -> frozenset:
         return frozenset(m for m, w in (("image", self.image_weight), ("text", self.text_weight)) if w)
 
-    def _term(self, student, teacher, adapter, name):
+    def _term(self, student, teachers, adapters, name):
+        """The mean over teachers of ``d(A_k(f_s), f_t,k)`` (one term for one teacher)."""
         if student is None:
             raise DistillUsageError(
                 f"--distill-loss feature: {name}_weight > 0 needs the student's own {name} features; "
                 + ("use --student-text-tower train" if name == "text" else "pass --train-images"))
+        teachers = teacher_members(teachers)
+        return mean_over_teachers([self._one_teacher_term(student, t, a, name)
+                                   for t, a in zip(teachers, adapter_list(adapters, len(teachers)))])
+
+    def _one_teacher_term(self, student, teacher, adapter, name):
         if self.normalize:
             student, teacher = F.normalize(student, dim=-1), F.normalize(teacher, dim=-1)
         # fp32 at least (bf16/fp16 features under autocast), or the adapter's own dtype
