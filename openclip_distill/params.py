@@ -10,6 +10,7 @@ from open_clip_train.params import ParseKwargs
 from open_clip_train.params import parse_args as parse_openclip_args
 
 from .errors import DistillUsageError
+from .teachers.ensemble import is_ensemble_name, split_teacher_flags
 
 PRECISIONS = ("fp32", "fp16", "bf16", "amp", "amp_bf16", "amp_bfloat16")
 
@@ -22,9 +23,11 @@ def build_distill_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("distillation (openclip_distill)")
     g.add_argument("--distill-teacher", default=None, type=str,
                    help="Teacher model: any OpenCLIP name (ViT-L-14, hf-hub:..., local-dir:...), or "
-                        "hf:<repo id or dir> for a transformers CLIPModel/AltCLIPModel/SiglipModel or sentence encoder.")
+                        "hf:<repo id or dir> for a transformers CLIPModel/AltCLIPModel/SiglipModel or sentence "
+                        "encoder; several, comma-separated, for an ensemble (average after softmax).")
     g.add_argument("--distill-teacher-pretrained", default=None, type=str,
-                   help="Teacher weights: a pretrained tag (openai, laion2b_s32b_b82k) or a local .pt/.safetensors.")
+                   help="Teacher weights: a pretrained tag (openai, laion2b_s32b_b82k) or a local .pt/.safetensors; "
+                        "comma-separated, one per teacher, for an ensemble.")
     g.add_argument("--distill-teacher-precision", default=None, choices=PRECISIONS,
                    help="Precision of the frozen teacher (default: follow --precision).")
     g.add_argument("--distill-loss", default="dime-fm", type=str,
@@ -122,6 +125,11 @@ def validate_args(args, loss_cls, modalities=None) -> None:
     if not args.distill_teacher:
         raise DistillUsageError("--distill-teacher is required (an OpenCLIP model name such as ViT-L-14, or "
                                 "hf:<dir> for a transformers model)")
+    if is_ensemble_name(args.distill_teacher):
+        split_teacher_flags(args.distill_teacher, args.distill_teacher_pretrained)  # one weights entry per teacher
+        if args.loss_impl == "triton":
+            raise DistillUsageError(f"--distill-teacher {args.distill_teacher}: a teacher ensemble needs --loss-impl "
+                                    f"chunked|naive (or auto); the Triton kernels take one teacher")
     if args.teacher_cache:
         if loss_cls.requires_paired_data:
             raise DistillUsageError(f"--teacher-cache holds unpaired images and sentences; --distill-loss "

@@ -6,7 +6,8 @@ K = ``--cache-augmentations`` augmentations, the view parameters are drawn from
 ``apply_view(image, params, view_size)`` through the same path training uses
 (the teacher's ``encode_image`` on views in [0, 1]). Params and embeddings are stored per source shard; every sentence of
 ``--train-texts`` is stored in corpus order with its teacher embedding; the teacher's text tower is
-saved beside them. Layout and manifest: :mod:`openclip_distill.cache.manifest`.
+saved beside them. A teacher ensemble (``--distill-teacher A,B``) stores every teacher's embeddings side
+by side and lists the teachers (widths, logit scales) under the manifest's ``members``. Layout and manifest: :mod:`openclip_distill.cache.manifest`.
 
 Resumable (finished files are skipped, temp files are ignored and replaced) and shardable: process
 ``I`` of ``N`` (``--shard-index/--num-shards``, or torchrun's RANK/WORLD_SIZE) takes image shards
@@ -42,7 +43,7 @@ from ..data.views import apply_view, sample_view_params
 from ..data.worker_errors import unwrap_worker_errors
 from ..atomic_files import atomic_open, atomic_torch_save, write_json_atomic
 from ..errors import DistillUsageError
-from ..teachers import IMAGE, TEXT, create_teacher
+from ..teachers import IMAGE, TEXT, TeacherEnsemble, create_teacher
 from ..params import PRECISIONS
 from .manifest import (CONFIG_FIELDS, CONFIG_NAME, DTYPES, FORMAT, IMAGES_DIR, MANIFEST_NAME, TEXT_TOWER_NAME,
                      TEXTS_DIR, VERSION, cache_shard_stem, cache_view_seed, read_json, sample_uid, source_id,
@@ -67,10 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "sentence), for training with --teacher-cache DIR.")
     p.add_argument("--distill-teacher", required=True,
                    help="Teacher: any OpenCLIP model name, or hf:<repo id or local dir> (a transformers CLIP-family "
-                        "model).")
+                        "model); several, comma-separated, for an ensemble.")
     p.add_argument("--distill-teacher-pretrained", default=None,
                    help="Teacher weights: a pretrained tag or a local .pt/.safetensors (default: random init, "
-                        "seeded by --seed like the trainer).")
+                        "seeded by --seed like the trainer); comma-separated, one per teacher, for an ensemble.")
     p.add_argument("--distill-teacher-precision", default=None, choices=PRECISIONS,
                    help="Teacher precision (default: amp on CUDA, fp32 on CPU). Use the one training would use.")
     p.add_argument("--cache-dir", default=None, help="Where OpenCLIP looks for / downloads pretrained weights.")
@@ -326,7 +327,7 @@ def _build_images(args, teacher, jobs, counters):
         if not pending:
             return
         views = torch.cat([s["views"] for s in pending])
-        emb = torch.cat([teacher.encode_image(views[i:i + args.batch_size]).cpu()
+        emb = torch.cat([stored_embeddings(teacher.encode_image(views[i:i + args.batch_size])).cpu()
                          for i in range(0, len(views), args.batch_size)])
         k = args.cache_augmentations
         for i, s in enumerate(pending):
@@ -376,7 +377,7 @@ def _chunk_done(out, n) -> bool:
 def _write_chunk(args, teacher, n, sentences, dtype):
     directory = os.path.join(args.out, TEXTS_DIR)
     npy, jsonl = (os.path.join(directory, name) for name in text_chunk_names(n))
-    emb = torch.cat([teacher.encode_text(sentences[i:i + args.batch_size]).cpu()
+    emb = torch.cat([stored_embeddings(teacher.encode_text(sentences[i:i + args.batch_size])).cpu()
                      for i in range(0, len(sentences), args.batch_size)])
     with atomic_open(jsonl, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in sentences)
@@ -463,6 +464,21 @@ def _finalize(args, config, jobs, chunk_sizes, text_counters) -> Optional[dict]:
     return manifest
 
 
+def stored_embeddings(features) -> torch.Tensor:
+    """What the cache stores for a batch: the teacher's features, or an ensemble's members' side by side
+    (``[N, D_1 + ... + D_K]``, split back by the members' ``embed_dim`` when training)."""
+    return torch.cat(features, dim=1) if isinstance(features, tuple) else features
+
+
+def _teacher_fields(teacher) -> dict:
+    """Manifest fields of the teacher: width and scales; an ensemble adds ``members`` (each teacher's own)."""
+    if isinstance(teacher, TeacherEnsemble):
+        return {"embed_dim": sum(teacher.embed_dim), "logit_scale": list(teacher.logit_scale), "logit_bias": None,
+                "members": [m.describe() for m in teacher.members]}
+    return {"embed_dim": int(teacher.embed_dim), "logit_scale": float(teacher.logit_scale),
+            "logit_bias": teacher.logit_bias}
+
+
 def build_cache(args) -> Optional[dict]:
     """Build (this process's part of) the cache; returns the manifest if the cache is complete."""
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -476,18 +492,18 @@ def build_cache(args) -> Optional[dict]:
     random.seed(args.seed)
     teacher = create_teacher(args.distill_teacher, args.distill_teacher_pretrained, device=device,
                              precision=precision, cache_dir=args.cache_dir)
-    missing = sorted({IMAGE, TEXT} - set(teacher.modalities))
-    if missing:
-        raise DistillUsageError(f"--distill-teacher: the cache stores image and sentence embeddings, but "
-                                f"{args.distill_teacher!r} has no {missing[0]} tower; train it live instead")
+    for member in getattr(teacher, "members", [teacher]):
+        missing = sorted({IMAGE, TEXT} - set(member.modalities))
+        if missing:
+            raise DistillUsageError(f"--distill-teacher: the cache stores image and sentence embeddings, but "
+                                    f"{member.name!r} has no {missing[0]} tower; train it live instead")
     args.view_size = int(args.view_size or max(teacher.image_size))
-    tower = teacher.text_tower_state_dict()
+    tower = teacher.text_tower_state_dict()  # an ensemble: its first teacher's (the one a student can adopt)
 
     config = {
         "format": FORMAT, "version": VERSION, "teacher": args.distill_teacher,
         "teacher_pretrained": args.distill_teacher_pretrained, "teacher_precision": precision,
-        "teacher_image_size": list(teacher.image_size), "embed_dim": int(teacher.embed_dim),
-        "logit_scale": float(teacher.logit_scale), "logit_bias": teacher.logit_bias, "teacher_kind": teacher.kind,
+        "teacher_image_size": list(teacher.image_size), **_teacher_fields(teacher), "teacher_kind": teacher.kind,
         "view_size": args.view_size, "augmentations": args.cache_augmentations, "seed": args.seed,
         "aug_scale": args.aug["scale"], "aug_ratio": args.aug["ratio"], "aug_hflip": args.aug["hflip"],
         "dtype": args.cache_dtype, "text_key": args.text_key, "text_chunk_size": args.text_chunk_size,

@@ -34,8 +34,10 @@ class CachedUnpairedLoader(UnpairedLoader):
         self.manifest, self.cache_dir = manifest, cache_dir
 
     @property
-    def logit_scale(self) -> float:
-        return float(self.manifest["logit_scale"])
+    def logit_scale(self):
+        """The teacher's scale (a float), or a tuple with each teacher's for a cached ensemble."""
+        scale = self.manifest["logit_scale"]
+        return tuple(float(x) for x in scale) if isinstance(scale, list) else float(scale)
 
     @property
     def logit_bias(self) -> Optional[float]:

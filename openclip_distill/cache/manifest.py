@@ -29,6 +29,10 @@ The manifest (``load_manifest``) holds the build settings plus what was built::
     image_shards [{"cache", "source", "num_samples", "skipped"}], num_images, skipped_images,
     text_chunks [{"embeddings", "sentences", "num_sentences"}], num_sentences, skipped_texts,
     text_tower, created
+
+A teacher ensemble's cache stores the K teachers' embeddings side by side (``embed_dim`` is their total
+width, ``logit_scale`` a list) and adds ``members``: each teacher's ``describe()`` (name, weights, kind,
+``embed_dim``, ``logit_scale``, ...), in storage order; its text tower is the first teacher's.
 """
 import hashlib
 import json
