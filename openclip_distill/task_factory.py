@@ -181,7 +181,8 @@ def build_run_parts(args, device, manifest=None, stage=None) -> RunParts:
     if stage is not None:
         apply_parameter_patterns(student, stage)
     cached = {} if manifest is None else cached_teacher_targets(manifest)
-    task = create_task(student, tokenizer, loss, teacher, **cached, device=device, precision=args.precision, train_student_text=args.student_text_tower == "train")
+    task = create_task(student, tokenizer, loss, teacher, **cached, device=device, precision=args.precision,
+                       train_student_text=args.student_text_tower == "train")
     if not task.uses_student_scale:
         student.logit_scale.requires_grad_(False)  # e.g. DIME-FM's fixed scale: the student's is unused
     sizes = [max(task.student.image_size)] + ([max(teacher_size)] if teacher_size else [])

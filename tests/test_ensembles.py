@@ -6,7 +6,6 @@ cannot be mixed after a softmax); the ensemble teacher and its cache against eac
 GradCache with ensemble targets against one full batch; the CLI live and from a cached ensemble; bad
 input as one-line errors.
 """
-import copy
 import json
 
 import numpy as np
@@ -24,7 +23,7 @@ from openclip_distill.teachers import TeacherEnsemble, create_teacher
 
 from hf_tiny import hf_tiny_models  # noqa: F401  (session fixture)
 from test_bad_input import args_for, assert_one_line_error
-from test_cli import base_args, read_losses, run_cli
+from test_cli import base_args, read_losses
 
 WIDTHS, SCALES = (6, 9), (30.0, 80.0)
 
@@ -257,7 +256,8 @@ def test_cli_trains_from_a_live_ensemble_and_a_cached_one(two_teachers, tiny_cor
     cache = tmp_path / "cache"
     assert build_main(["--distill-teacher", two_teachers, "--train-images", tiny_corpus["images"],
                        "--train-texts", tiny_corpus["texts"], "--out", str(cache), "--cache-augmentations", "1",
-                       "--cache-dtype", "fp32", "--device", "cpu", "--seed", "5", "--batch-size", "16"]) == 0
+                       "--cache-dtype", "fp32", "--device", "cpu", "--seed", "5", "--batch-size", "16",
+                       "--workers", "0"]) == 0
     manifest = load_manifest(str(cache))
     assert manifest["embed_dim"] == 48 and [m["embed_dim"] for m in manifest["members"]] == [32, 16]
     torch.manual_seed(5)  # the builder seeds random-init teachers like the trainer
@@ -293,8 +293,8 @@ def test_bad_ensemble_flags_are_one_line_errors(over, needles, tiny_corpus, tmp_
     assert_one_line_error(capsys, rc, *needles)
 
 
-def test_text_only_or_non_openclip_first_teacher_are_one_line_errors(hf_tiny_models, tiny_corpus, tmp_path,  # noqa: F811
-                                                                     capsys):
+def test_text_only_or_non_openclip_first_teacher_are_one_line_errors(
+        hf_tiny_models, tiny_corpus, tmp_path, capsys):  # noqa: F811
     sentence = f"hf:{hf_tiny_models['sentence']}"
     rc = distill_main.main(args_for(tiny_corpus, tmp_path, **{
         "--distill-teacher": f"test-tiny-teacher,{sentence}", "--student-text-tower": "train",

@@ -7,7 +7,8 @@ K = ``--cache-augmentations`` augmentations, the view parameters are drawn from
 (the teacher's ``encode_image`` on views in [0, 1]). Params and embeddings are stored per source shard; every sentence of
 ``--train-texts`` is stored in corpus order with its teacher embedding; the teacher's text tower is
 saved beside them. A teacher ensemble (``--distill-teacher A,B``) stores every teacher's embeddings side
-by side and lists the teachers (widths, logit scales) under the manifest's ``members``. Layout and manifest: :mod:`openclip_distill.cache.manifest`.
+by side and lists the teachers (widths, logit scales) under the manifest's ``members``.
+Layout and manifest: :mod:`openclip_distill.cache.manifest`.
 
 Resumable (finished files are skipped, temp files are ignored and replaced) and shardable: process
 ``I`` of ``N`` (``--shard-index/--num-shards``, or torchrun's RANK/WORLD_SIZE) takes image shards

@@ -22,7 +22,9 @@ student.
 Teacher ensemble (``--distill-teacher A,B``, MobileCLIP): CRD's target is the average of the K
 teachers' softmaxes (each at its own ``s_t``); ICL and FD put the teacher's features into the student's
 logits or regression target, so each is the mean over teachers of the single-teacher term, with one
-pair of maps ``P_i, P_t`` per teacher. Every similarity matrix goes through ``openclip_distill.kernels`` (``impl``), so with
+pair of maps ``P_i, P_t`` per teacher.
+
+Every similarity matrix goes through ``openclip_distill.kernels`` (``impl``), so with
 ``impl="chunked"`` or ``"triton"`` no N x N matrix is materialised.
 """
 from typing import Optional
