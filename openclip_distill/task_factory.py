@@ -141,10 +141,6 @@ def build_run_parts(args, device, manifest=None, stage=None) -> RunParts:
     loss_cls = registry.get_loss_class(args.distill_loss)
     teacher = None
     ensemble = is_ensemble_name(args.distill_teacher) or bool(manifest and manifest.get("members"))
-    if ensemble and getattr(args, "distributed", False):
-        raise DistillUsageError(f"--distill-teacher: the ensemble {args.distill_teacher!r} trains on one process (the "
-                                f"distributed similarity KL takes one teacher); launch a single process or pass one "
-                                f"teacher")
     if manifest is None:
         if is_hf_teacher(_first_teacher(args)) and args.student_text_tower == "teacher":
             raise DistillUsageError(f"--student-text-tower teacher: teacher {_first_teacher(args)!r} is not an "

@@ -303,3 +303,15 @@ def test_text_only_or_non_openclip_first_teacher_are_one_line_errors(
     rc = distill_main.main(args_for(tiny_corpus, tmp_path, name="bad2", **{
         "--distill-teacher": f"hf:{hf_tiny_models['clip']},test-tiny-teacher"}))
     assert_one_line_error(capsys, rc, "--student-text-tower teacher", "first teacher")
+
+
+def test_ddp_trains_from_an_ensemble(tiny_corpus, tmp_path):
+    """torchrun, 2 gloo processes: the ensemble KL's column statistics are completed across ranks (its values
+    against one process are checked in test_kernels_distributed)."""
+    from test_distributed import losses, torchrun
+    args = ["--epochs", "1", "--student-text-tower", "train",
+            "--distill-teacher", "test-tiny-teacher,test-tiny-teacher"]
+    torchrun(tiny_corpus, tmp_path, "ddp-ensemble", *args)
+    rows = losses(tmp_path / "ddp-ensemble")
+    assert [r["step"] for r in rows] == list(range(6)) and all(np.isfinite(r["loss"]) for r in rows)
+    assert "Student reuses" not in (tmp_path / "ddp-ensemble" / "out.log").read_text()

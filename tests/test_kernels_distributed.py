@@ -24,6 +24,7 @@ WORLD = 2
 N, M, D_S, D_T = 13, 9, 6, 10
 ROW_SPLIT, COL_SPLIT = (7, 6), (4, 5)  # unequal on purpose
 IMPLS = ("naive", "chunked", "triton")
+ENSEMBLE_IMPLS = ("naive", "chunked")  # the Triton kernels take one teacher
 KL_MODES = [("own", True), ("own", False), ("teacher_b", True), ("student_a", True), ("student_a", False)]
 
 
@@ -61,6 +62,20 @@ def kl_call(batch, mode, bidirectional, impl, rows=slice(None), cols=slice(None)
     return loss.detach(), dict(zip(wrt, grads))
 
 
+def ensemble_kl_call(batch, bidirectional, impl, rows=slice(None), cols=slice(None), distributed=None):
+    """The KL against a 2-teacher ensemble (widths D_T and D_S, scales 100 and 30) on the given slices."""
+    student_a = batch["student_a"][rows].clone().requires_grad_()
+    student_b = batch["student_b"][cols].clone().requires_grad_()
+    scale = torch.tensor(80.0, requires_grad=True)
+    teachers_a = [batch["teacher_a"][rows], batch["teacher_a_self"][rows][:, :D_S].contiguous()]
+    teachers_b = [batch["teacher_b"][cols], batch["teacher_b_shared"][cols]]
+    loss = similarity_kl_loss(student_a, student_b, teachers_a, teachers_b, student_scale=scale,
+                              teacher_scale=[100.0, 30.0], temperature=3.0, bidirectional=bidirectional, impl=impl,
+                              distributed=distributed)
+    grads = torch.autograd.grad(loss, [student_a, student_b, scale])
+    return loss.detach(), dict(student_a=grads[0], student_b=grads[1], scale=grads[2])
+
+
 def infonce_call(batch, impl, rows=slice(None), distributed=None):
     images, texts = batch["images"][rows].clone().requires_grad_(), batch["texts"][rows].clone().requires_grad_()
     scale = torch.tensor(1 / 0.07, requires_grad=True)
@@ -69,14 +84,19 @@ def infonce_call(batch, impl, rows=slice(None), distributed=None):
     return loss.detach(), dict(images=grads[0], texts=grads[1], scale=grads[2])
 
 
-def clip_distill_call(batch, rows=slice(None)):
+def clip_distill_call(batch, rows=slice(None), ensemble=False):
     """OpenCLIP-style soft cross-entropy distillation: fused KL + teacher entropy (gathered across ranks
-    when torch.distributed is initialised; the single-process reference runs in the test process)."""
+    when torch.distributed is initialised; the single-process reference runs in the test process).
+    ``ensemble``: a second teacher (other features, scale 20) joins the first."""
     from openclip_distill import create_distill_loss
     teacher_images = batch["teacher_a_self"][rows][:, :D_S].contiguous()
+    teacher_texts, scale = batch["student_a"][rows], 50.0
+    if ensemble:
+        teacher_images = (teacher_images, batch["teacher_a"][rows])
+        teacher_texts, scale = (teacher_texts, batch["teacher_a_self"][rows]), (50.0, 20.0)
     with torch.no_grad():
         out = create_distill_loss("clip-distill", impl="chunked")(
-            batch["images"][rows], batch["texts"][rows], 14.0, teacher_images, batch["student_a"][rows], 50.0,
+            batch["images"][rows], batch["texts"][rows], 14.0, teacher_images, teacher_texts, scale,
             output_dict=True)
     return {k: v.detach() for k, v in out.items()}
 
@@ -102,7 +122,11 @@ def _worker(rank, port, out_dir):
             for mode, bidirectional in KL_MODES:
                 kl_cols = rows if mode == "student_a" else cols
                 results["kl", impl, mode, bidirectional] = kl_call(batch, mode, bidirectional, impl, rows, kl_cols)
+        for impl in ENSEMBLE_IMPLS:
+            for bidirectional in (True, False):
+                results["kl-ensemble", impl, bidirectional] = ensemble_kl_call(batch, bidirectional, impl, rows, cols)
         results["clip-distill"] = clip_distill_call(batch, rows)
+        results["clip-distill-ensemble"] = clip_distill_call(batch, rows, ensemble=True)
         # distributed=False under an initialised group: the local batch only
         results["local-only"] = infonce_call(batch, "chunked", rows, distributed=False)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -175,6 +199,15 @@ def test_distributed_similarity_kl_matches_global_batch(rank_results, impl, mode
            lambda name, rank: _slices(rank)[1] if name == "student_b" else _slices(rank)[0])
 
 
+@pytest.mark.parametrize("impl", ENSEMBLE_IMPLS)
+@pytest.mark.parametrize("bidirectional", [True, False], ids=["bi", "rows"])
+def test_distributed_ensemble_kl_matches_global_batch(rank_results, impl, bidirectional):
+    global_loss, global_grads = ensemble_kl_call(global_batch(), bidirectional, "naive", distributed=False)
+    per_rank = [results["kl-ensemble", impl, bidirectional] for results in rank_results]
+    _check(per_rank, global_loss, global_grads,
+           lambda name, rank: _slices(rank)[1] if name == "student_b" else _slices(rank)[0])
+
+
 def test_distributed_false_uses_the_local_batch(rank_results):
     batch = global_batch()
     for rank, results in enumerate(rank_results):
@@ -185,7 +218,8 @@ def test_distributed_false_uses_the_local_batch(rank_results):
 
 def test_distributed_clip_distill_value_is_the_global_soft_cross_entropy(rank_results):
     """mean over ranks of (fused KL + entropy of the gathered teacher batch) == one-process value."""
-    want = clip_distill_call(global_batch())
-    for key in ("contrastive_loss", "distill_loss"):
-        got = torch.stack([r["clip-distill"][key] for r in rank_results]).mean()
-        assert abs(got.item() - want[key].item()) <= FP32_RTOL * max(1.0, abs(want[key].item())), key
+    for name, ensemble in (("clip-distill", False), ("clip-distill-ensemble", True)):
+        want = clip_distill_call(global_batch(), ensemble=ensemble)
+        for key in ("contrastive_loss", "distill_loss"):
+            got = torch.stack([r[name][key] for r in rank_results]).mean()
+            assert abs(got.item() - want[key].item()) <= FP32_RTOL * max(1.0, abs(want[key].item())), (name, key)

@@ -15,7 +15,9 @@ probability can be mixed, so the forward walks the row chunks twice: pass 1 coll
 the student's row and column log-sum-exps (O(K (N + M)) floats), pass 2 recomputes each tile, mixes the K
 teachers' probabilities in log space (``logaddexp``, so nothing underflows) and sums the KL terms. The
 backward recomputes the tiles once more; the student's gradient needs only the mixed ``p``. A tile costs a
-few ``chunk_rows x M`` buffers whatever K is. One process only (``LossLayout.local``).
+few ``chunk_rows x M`` buffers whatever K is. Distributed (a ``LossLayout`` with ``reduce_column_stats``),
+the column statistics of pass 1 and the column KL sums of pass 2 are completed across ranks (O(K M)
+floats), as in ``chunked.py``.
 """
 import math
 
@@ -23,6 +25,7 @@ import torch
 
 from .chunked import _chunk_rows, _chunks, _compute_dtype, _fp32
 from .layout import LossLayout
+from .loss_from_stats import complete_column_stats, weighted_total
 from .online_softmax import log_sum_exp, rescale_running_stats
 from .raw_grads import finish_grads
 
@@ -63,8 +66,6 @@ class ChunkedEnsembleSimilarityKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student_rows, student_cols, student_mult, layout: LossLayout, chunk_rows: int, num_teachers: int,
                 *teacher_inputs):
-        if layout.reduce_column_stats is not None:
-            raise ValueError("a teacher ensemble runs on one process: the distributed similarity KL takes one teacher")
         t_rows, t_cols, t_mults = (teacher_inputs[i * num_teachers:(i + 1) * num_teachers] for i in range(3))
         dtype = _compute_dtype(student_rows, student_cols, *t_rows, *t_cols)
         s_left, s_right = _fp32(student_rows, dtype), _fp32(student_cols, dtype)
@@ -87,8 +88,11 @@ class ChunkedEnsembleSimilarityKL(torch.autograd.Function):
                 row_lse_t[k][start:stop] = torch.logsumexp(a, 1)
                 if columns:
                     col_t[k].add(a)
-        col_lse_s = col_s.lse() if columns else row_lse_s.new_empty(0)
-        col_lse_t = [c.lse() if columns else row_lse_s.new_empty(0) for c in col_t]
+        col_lse_s, col_lse_t = row_lse_s.new_empty(0), [row_lse_s.new_empty(0)] * num_teachers
+        if columns:  # over all rows: a cross-rank merge when distributed
+            stats = [col_s] + col_t
+            maxima, sums = complete_column_stats(layout, [c.max for c in stats], [[c.sum] for c in stats])
+            col_lse_s, *col_lse_t = [log_sum_exp(m, s) for m, (s,) in zip(maxima, sums)]
 
         # pass 2: mix the teachers' probabilities tile by tile and sum the KL terms
         row_kl = s_left.new_empty(num_rows)
@@ -101,13 +105,14 @@ class ChunkedEnsembleSimilarityKL(torch.autograd.Function):
             if columns:
                 logp = _mixed_log_probs(a, lambda k: col_lse_t[k])
                 col_kl += (logp.exp() * (logp - (b - col_lse_s))).sum(0)
+        if columns and layout.reduce_column_stats is not None:
+            # distributed: each column's KL sums over the rows of every rank (a plain sum is a merge of
+            # statistics that share the shift 0)
+            _, ((col_kl,),) = layout.reduce_column_stats([torch.zeros_like(col_kl)], [[col_kl]])
         ctx.save_for_backward(student_rows, student_cols, student_mult, row_lse_s, col_lse_s, *row_lse_t, *col_lse_t,
                               *teacher_inputs)
         ctx.layout, ctx.chunk_rows, ctx.num_teachers = layout, chunk_rows, num_teachers
-        total = row_kl.sum() * layout.row_weight
-        if columns:
-            total = total + col_kl.sum() * layout.col_weight
-        return total
+        return weighted_total(layout, row_kl, col_kl)
 
     @staticmethod
     def backward(ctx, grad_output):

@@ -69,12 +69,16 @@ def similarity_entropy(teacher_a, teacher_b, teacher_scale, *, temperature=1.0, 
 
 def _similarity_entropy_ensemble(teachers_a, teachers_b, teacher_scales, temperature, bidirectional, tile, distributed):
     """Mean row (+ column) entropy of the K teachers' averaged softmax (MobileCLIP's ensemble target)."""
-    from .functional import check_ensemble_impl, ensemble_members
+    from .functional import ensemble_members
     teachers_a, teachers_b, scales = ensemble_members(teachers_a, teachers_b, teacher_scales)
     if len(teachers_a) == 1:
         return similarity_entropy(teachers_a[0], teachers_b[0], scales[0], temperature=temperature,
                                   bidirectional=bidirectional, tile=tile, distributed=distributed)
-    check_ensemble_impl("auto", distributed, "similarity_entropy")
+    world = resolve_world(distributed)
+    if world is not None:  # the entropy of the global batch on every rank, as for one teacher
+        sizes_a, sizes_b = gather_sizes(world, [teachers_a[0].shape[0], teachers_b[0].shape[0]], teachers_a[0].device)
+        teachers_a = [gather_rows(world, a, sizes_a) for a in teachers_a]
+        teachers_b = [gather_rows(world, b, sizes_b) for b in teachers_b]
     scales = [_scale_value(s) for s in scales]
     ent = _mixed_entropy_rows(teachers_a, teachers_b, scales, temperature, tile)
     if bidirectional:

@@ -25,7 +25,8 @@ from .distributed import GatherCache, World, distributed_layout, gather_sizes, r
 from .layout import LossLayout
 from .chunked_ensemble import similarity_kl_ensemble_chunked
 from .naive import contrastive_loss_naive, similarity_kl_loss_ensemble_naive, similarity_kl_loss_naive
-from .naive_distributed import contrastive_loss_naive_distributed, similarity_kl_loss_naive_distributed
+from .naive_distributed import contrastive_loss_naive_distributed, similarity_kl_loss_ensemble_naive_distributed, \
+    similarity_kl_loss_naive_distributed
 from .scale import scale_tensor
 from .triton_support import auto_can_use_triton, check_triton_usable, is_kernel_failure, record_triton_failure, \
     triton_failed_before
@@ -123,7 +124,7 @@ def similarity_kl_loss(student_a, student_b, teacher_a, teacher_b, *, student_sc
     ``teacher_scale[k]``); the target is the average of the K softmaxes,
     ``p_i = 1/K sum_k softmax(teacher_scale[k] teacher_a[k][i] teacher_b[k]^T / tau)`` (and over columns).
     A sequence of one is the single-teacher loss, same code path. Ensembles run ``naive`` or ``chunked``
-    (``auto`` picks ``chunked``) on one process.
+    (``auto`` picks ``chunked``), on one process or distributed.
     """
     teachers_a, teachers_b, teacher_scales = ensemble_members(teacher_a, teacher_b, teacher_scale)
     if len(teachers_a) > 1:
@@ -165,39 +166,40 @@ def ensemble_members(teacher_a, teacher_b, teacher_scale):
     return teachers_a, teachers_b, scales
 
 
-def check_ensemble_impl(impl: str, distributed=None, what: str = "similarity_kl_loss") -> str:
-    """The implementation a teacher ensemble runs with (``auto`` -> ``chunked``); ``triton`` and a
-    distributed run are refused in one line naming the flags."""
+def check_ensemble_impl(impl: str) -> str:
+    """The implementation a teacher ensemble runs with (``auto`` -> ``chunked``); ``triton`` is refused in one
+    line naming the flags."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "triton":
-        raise ValueError(f"{what}: --distill-teacher with several teachers (an ensemble) needs --loss-impl "
-                         f"chunked|naive (or auto); the Triton kernels take one teacher")
-    if resolve_world(distributed) is not None:
-        raise ValueError(f"{what}: --distill-teacher with several teachers (an ensemble) trains on one process; "
-                         f"the distributed similarity KL takes one teacher: launch a single process or one teacher")
+        raise ValueError("similarity_kl_loss: --distill-teacher with several teachers (an ensemble) needs --loss-impl "
+                         "chunked|naive (or auto); the Triton kernels take one teacher")
     return "chunked" if impl == "auto" else impl
 
 
 def _similarity_kl_ensemble(student_a, student_b, teachers_a, teachers_b, teacher_scales, student_scale, temperature,
                             bidirectional, impl, distributed):
-    impl = check_ensemble_impl(impl, distributed)
+    impl = check_ensemble_impl(impl)
     for k, (a, b) in enumerate(zip(teachers_a, teachers_b)):
         if student_a.shape[0] != a.shape[0] or student_b.shape[0] != b.shape[0]:
             raise ValueError(f"similarity_kl_loss: teacher {k} of the ensemble has {a.shape[0]} x {b.shape[0]} "
                              f"rows, the student {student_a.shape[0]} x {student_b.shape[0]}")
+    world = resolve_world(distributed)
     if impl == "naive":
-        return similarity_kl_loss_ensemble_naive(student_a, student_b, teachers_a, teachers_b,
-                                                 student_scale=student_scale, teacher_scales=teacher_scales,
-                                                 temperature=temperature, bidirectional=bidirectional)
+        kwargs = dict(student_scale=student_scale, teacher_scales=teacher_scales, temperature=temperature,
+                      bidirectional=bidirectional)
+        if world is None:
+            return similarity_kl_loss_ensemble_naive(student_a, student_b, teachers_a, teachers_b, **kwargs)
+        return similarity_kl_loss_ensemble_naive_distributed(world, student_a, student_b, teachers_a, teachers_b,
+                                                             **kwargs)
     inv_tau = 1.0 / float(temperature)
     student_mult = scale_tensor(student_scale, student_a) * inv_tau
     teacher_mults = [scale_tensor(t, a).detach() * inv_tau for t, a in zip(teacher_scales, teachers_a)]
-    num_cols = student_b.shape[0]
-    layout = LossLayout.local(num_cols, row_weight=1.0 / student_a.shape[0],
-                              col_weight=1.0 / num_cols if bidirectional else 0.0)
-    return similarity_kl_ensemble_chunked(student_a, student_b, teachers_a, teachers_b, student_mult, teacher_mults,
-                                          layout)
+    teachers_a = [a.detach() for a in teachers_a]
+    weights = (lambda n, m: (1.0 / n, 1.0 / m)) if bidirectional else (lambda n, m: (1.0 / n, 0.0))
+    gathered, layout = _columns_and_layout(world, student_a, [student_b, *[b.detach() for b in teachers_b]], weights)
+    return similarity_kl_ensemble_chunked(student_a, gathered[0], teachers_a, gathered[1:], student_mult,
+                                          teacher_mults, layout)
 
 
 def _columns_and_layout(world: World, rows: torch.Tensor, columns, weights):

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .distributed import GatherCache, World, gather_sizes
+from .naive import mixed_log_softmax_naive
 from .scale import scale_tensor as _scale
 
 
@@ -52,3 +53,32 @@ def similarity_kl_loss_naive_distributed(world: World, student_a, student_b, tea
         student_logits_t = s * student_b.float() @ gather_rows(student_a).float().T
         loss = loss + _kl_rows_sum(teacher_logits_t, student_logits_t) * (world.size / sum(col_sizes))
     return loss
+
+
+def similarity_kl_loss_ensemble_naive_distributed(world: World, student_a, student_b, teachers_a, teachers_b, *,
+                                                  student_scale, teacher_scales, temperature=1.0, bidirectional=True):
+    """Rank r, against a teacher ensemble: the rows of ``similarity_kl_loss_naive_distributed`` with the
+    target ``1/K sum_k softmax(A_k)`` (rows, or columns for the column direction) on gathered features."""
+    row_sizes, col_sizes = gather_sizes(world, [student_a.shape[0], student_b.shape[0]], student_a.device)
+    s = _scale(student_scale, student_a) / temperature
+    gather_cols = GatherCache(world, col_sizes)
+    with torch.no_grad():
+        t = [_scale(ts, a) / temperature for ts, a in zip(teacher_scales, teachers_a)]
+        teacher_logits = [tk * a.float() @ gather_cols(b).float().T for tk, a, b in zip(t, teachers_a, teachers_b)]
+    student_logits = s * student_a.float() @ gather_cols(student_b).float().T
+    loss = _mixed_kl_rows_sum(teacher_logits, student_logits) * (world.size / sum(row_sizes))
+    if bidirectional:
+        gather_rows = GatherCache(world, row_sizes)
+        with torch.no_grad():
+            teacher_logits_t = [tk * b.float() @ gather_rows(a).float().T
+                                for tk, a, b in zip(t, teachers_a, teachers_b)]
+        student_logits_t = s * student_b.float() @ gather_rows(student_a).float().T
+        loss = loss + _mixed_kl_rows_sum(teacher_logits_t, student_logits_t) * (world.size / sum(col_sizes))
+    return loss
+
+
+def _mixed_kl_rows_sum(teacher_logits, student_logits):
+    """sum_i KL(1/K sum_k softmax(A_k,i) || softmax(B_i)) in fp32."""
+    t = mixed_log_softmax_naive(teacher_logits)
+    s = F.log_softmax(student_logits.float(), dim=1)
+    return (t.exp() * (t - s)).sum()
