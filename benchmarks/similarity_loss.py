@@ -2,6 +2,7 @@
 
     python benchmarks/similarity_loss.py --impls naive,chunked --sizes 2048,4096,8192 --dims 512 \
         --dtypes float32 --device cpu --loss both
+    python benchmarks/similarity_loss.py --loss kl-ensemble --teachers 2 ...   # the KL against a teacher ensemble
 
 For every (loss, N = M, d, dtype) and implementation it prints
 
@@ -32,13 +33,21 @@ import sys
 import time
 
 H100_BF16_DENSE_FLOPS = 989e12
-NAIVE_LOGIT_MATRICES = {"infonce": 6, "kl": 12}  # rough count of live fp32 N x M tensors in naive fwd+bwd
+NAIVE_LOGIT_MATRICES = {"infonce": 6, "kl": 12, "kl-ensemble": 16}  # rough count of live fp32 N x M tensors
+ENSEMBLE_SCALES = (100.0, 50.0, 30.0, 20.0)  # teacher k's logit scale in "kl-ensemble" (K = --teachers)
 
 from machine import describe_device  # benchmarks/machine.py (scripts run from benchmarks/)
 
 
+def _teachers(loss: str) -> int:
+    """K of a "kl-ensemble:K" configuration (1 otherwise)."""
+    return int(loss.split(":")[1]) if loss.startswith("kl-ensemble") else 1
+
+
 def _flops(loss: str, n: int, m: int, d: int) -> float:
-    return (8 if loss == "infonce" else 12) * n * m * d
+    """Useful work: 8 N M d (InfoNCE), 4 (K + 1) N M d + 4 N M d for the KL against K teachers (each
+    teacher's and the student's tile twice, two gradient matmuls; 12 N M d for one teacher)."""
+    return (8 if loss == "infonce" else 4 * (_teachers(loss) + 1) + 4) * n * m * d
 
 
 def _make_inputs(loss, n, d, dtype, device):
@@ -52,6 +61,11 @@ def _make_inputs(loss, n, d, dtype, device):
     if loss == "infonce":
         return dict(images=unit(n).requires_grad_(), texts=unit(n).requires_grad_(),
                     scale=torch.tensor(100.0, device=device, requires_grad=True))
+    if loss.startswith("kl-ensemble"):
+        k = _teachers(loss)
+        return dict(student_a=unit(n).requires_grad_(), student_b=unit(n).requires_grad_(),
+                    teacher_a=[unit(n) for _ in range(k)], teacher_b=[unit(n) for _ in range(k)],
+                    scale=torch.tensor(100.0, device=device, requires_grad=True))
     return dict(student_a=unit(n).requires_grad_(), student_b=unit(n).requires_grad_(), teacher_a=unit(n),
                 teacher_b=unit(n), scale=torch.tensor(100.0, device=device, requires_grad=True))
 
@@ -61,11 +75,19 @@ def _step(loss, impl, inputs):
     if loss == "infonce":
         out = contrastive_loss(inputs["images"], inputs["texts"], inputs["scale"], impl=impl, distributed=False)
     else:
+        k = _teachers(loss)
         out = similarity_kl_loss(inputs["student_a"], inputs["student_b"], inputs["teacher_a"], inputs["teacher_b"],
-                                 student_scale=inputs["scale"], teacher_scale=100.0, impl=impl, distributed=False)
+                                 student_scale=inputs["scale"], impl=impl, distributed=False,
+                                 teacher_scale=list(ENSEMBLE_SCALES[:k]) if loss.startswith("kl-ensemble") else 100.0)
     out.backward()
     for x in inputs.values():
-        x.grad = None
+        if torch_is_tensor(x):
+            x.grad = None
+
+
+def torch_is_tensor(x) -> bool:
+    import torch
+    return isinstance(x, torch.Tensor)
 
 
 def _proc_status_kib(field: str) -> int:
@@ -179,7 +201,9 @@ def main(argv=None):
     parser.add_argument("--dims", default="512", help="comma list of feature widths d")
     parser.add_argument("--dtypes", default="float32", help="comma list from float32,bfloat16,float16")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--loss", choices=["infonce", "kl", "both"], default="both")
+    parser.add_argument("--loss", choices=["infonce", "kl", "both", "kl-ensemble"], default="both",
+                        help="kl-ensemble: the KL against --teachers teachers (MobileCLIP's average after softmax)")
+    parser.add_argument("--teachers", type=int, default=2, help="K of --loss kl-ensemble (at most 4)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--peak-flops", type=float, default=None,
@@ -198,6 +222,10 @@ def main(argv=None):
 
     impls = args.impls.split(",")
     losses = ["infonce", "kl"] if args.loss == "both" else [args.loss]
+    if args.loss == "kl-ensemble":
+        if not 1 <= args.teachers <= len(ENSEMBLE_SCALES):
+            parser.error(f"--teachers must be in 1..{len(ENSEMBLE_SCALES)}")
+        losses = [f"kl-ensemble:{args.teachers}"]
     on_cuda = args.device.startswith("cuda")
     print(f"device: {describe_device(args.device)}")
     print(f"load average (1, 5, 15 min) at start: {os.getloadavg()}")
@@ -215,7 +243,7 @@ def main(argv=None):
                 for n in map(int, args.sizes.split(",")):
                     results = {}
                     for impl in impls:
-                        est = NAIVE_LOGIT_MATRICES[loss] * n * n * 4
+                        est = NAIVE_LOGIT_MATRICES[loss.split(":")[0]] * n * n * 4
                         if impl == "triton" and not on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
                             results[impl] = {"error": "n/a (triton needs --device cuda)"}
                         elif impl == "naive" and not on_cuda and est > 0.8 * _available_bytes():

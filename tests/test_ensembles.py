@@ -279,6 +279,35 @@ def test_cli_trains_from_a_live_ensemble_and_a_cached_one(two_teachers, tiny_cor
     assert "the first teacher's (test-tiny-teacher)" in (tmp_path / "cached" / "out.log").read_text()
 
 
+def test_resume_restores_the_adapter_of_every_teacher(two_teachers, tiny_corpus, tmp_path):
+    """``feature`` with two teachers of widths 32 and 16: one adapter each in ``loss_state_dict``; an
+    interrupted run resumed from epoch 1 replays epoch 2 bit for bit."""
+    def args(logs, *extra):
+        a = base_args(tiny_corpus, logs, "feat", "--distill-loss", "feature", "--student-text-tower", "train", *extra)
+        a[a.index("--distill-teacher") + 1] = two_teachers
+        return a
+
+    full_logs, cut_logs = tmp_path / "full", tmp_path / "cut"
+    assert distill_main.main(args(full_logs)) == 0
+    ckpt = torch.load(full_logs / "feat" / "checkpoints" / "epoch_2.pt", weights_only=True)
+    shapes = {k: tuple(v.shape) for k, v in ckpt["loss_state_dict"].items() if k.endswith("weight")}
+    assert shapes == {"image_adapter.0.weight": (32, 32), "image_adapter.1.weight": (16, 32),
+                      "text_adapter.0.weight": (32, 32), "text_adapter.1.weight": (16, 32)}
+    (cut_logs / "feat" / "checkpoints").mkdir(parents=True)
+    for name in ("epoch_1.pt",):
+        (cut_logs / "feat" / "checkpoints" / name).write_bytes(
+            (full_logs / "feat" / "checkpoints" / name).read_bytes())
+    full = read_losses(full_logs / "feat" / "losses.jsonl")
+    (cut_logs / "feat" / "losses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in full if r["epoch"] == 0))
+    (cut_logs / "feat" / "out.log").write_text("")
+    assert distill_main.main(args(cut_logs, "--resume", "latest")) == 0
+    resumed = read_losses(cut_logs / "feat" / "losses.jsonl")
+    assert [r["loss"] for r in resumed[6:]] == [r["loss"] for r in full[6:]]
+    again = torch.load(cut_logs / "feat" / "checkpoints" / "epoch_2.pt", weights_only=True)
+    for key in ("state_dict", "loss_state_dict"):
+        assert all(torch.equal(again[key][k], ckpt[key][k]) for k in ckpt[key]), key
+
+
 @pytest.mark.parametrize("over, needles", [
     ({"--distill-teacher": "test-tiny-teacher,test-tiny-teacher", "--distill-teacher-pretrained": "a,b,c"},
      ["--distill-teacher-pretrained", "3 weight entries for 2 teachers"]),
