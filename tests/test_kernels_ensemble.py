@@ -178,3 +178,17 @@ def test_ensemble_refuses_triton_and_unequal_lists():
     with pytest.raises(ValueError, match="as many"):
         similarity_kl_loss(student_a, student_b, teachers_a, teachers_b[:1], student_scale=s_scale,
                            teacher_scale=scales, impl="chunked")
+
+
+def test_chunked_ensemble_keeps_fp32_logits_under_autocast(small_chunks):
+    """Losses run under the student's AMP autocast: the ensemble's matmuls must not drop to bf16."""
+    student_a, student_b, teachers_a, teachers_b, scales, s_scale, _, _ = make_inputs(CASES[0])
+    args = [x.float() for x in (student_a, student_b)]
+    kwargs = dict(student_scale=s_scale, teacher_scale=scales, impl="chunked")
+    plain = similarity_kl_loss(*args, [t.float() for t in teachers_a], [t.float() for t in teachers_b], **kwargs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = similarity_kl_loss(*args, [t.float() for t in teachers_a], [t.float() for t in teachers_b], **kwargs)
+        entropy = similarity_entropy([t.float() for t in teachers_a], [t.float() for t in teachers_b], scales)
+    assert amp.dtype == torch.float32 and torch.equal(amp, plain)
+    assert torch.equal(entropy, similarity_entropy([t.float() for t in teachers_a], [t.float() for t in teachers_b],
+                                                   scales))

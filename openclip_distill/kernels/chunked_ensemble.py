@@ -13,17 +13,15 @@ logits ``B = s * Sa Sb^T`` (tau folded into the scales) and
 (q, q' the row/column softmaxes of B). A column softmax needs statistics over *all* rows before any
 probability can be mixed, so the forward walks the row chunks twice: pass 1 collects every teacher's and
 the student's row and column log-sum-exps (O(K (N + M)) floats), pass 2 recomputes each tile, mixes the K
-teachers' probabilities in log space (``logaddexp``, so nothing underflows) and sums the KL terms. The
+teachers' probabilities and sums the KL terms. The
 backward recomputes the tiles once more; the student's gradient needs only the mixed ``p``. A tile costs a
 few ``chunk_rows x M`` buffers whatever K is. Distributed (a ``LossLayout`` with ``reduce_column_stats``),
 the column statistics of pass 1 and the column KL sums of pass 2 are completed across ranks (O(K M)
 floats), as in ``chunked.py``.
 """
-import math
-
 import torch
 
-from .chunked import _chunk_rows, _chunks, _compute_dtype, _fp32
+from .chunked import _chunk_rows, _chunks, _compute_dtype, _exp_, _fp32
 from .layout import LossLayout
 from .loss_from_stats import complete_column_stats, weighted_total
 from .online_softmax import log_sum_exp, rescale_running_stats
@@ -31,7 +29,13 @@ from .raw_grads import finish_grads
 
 
 def _logits(rows, mult, cols):
+    """``mult * rows cols^T`` in the inputs' dtype (fp32/fp64): the callers switch autocast off, which would
+    otherwise run the matmul in 16 bits (logits at scale 100 must stay fp32)."""
     return torch.mm(rows * mult, cols.T)
+
+
+def _no_autocast(like: torch.Tensor):
+    return torch.autocast(device_type=like.device.type, enabled=False)
 
 
 class _ColumnLSE:
@@ -44,20 +48,32 @@ class _ColumnLSE:
     def add(self, tile):
         new_max = torch.maximum(self.max, tile.amax(0))
         rescale_running_stats(self.max, new_max, [self.sum])
-        self.sum += torch.exp(tile - new_max).sum(0)
+        self.sum += _exp_(tile - new_max).sum(0)
         self.max = new_max
 
     def lse(self):
         return log_sum_exp(self.max, self.sum)
 
 
-def _mixed_log_probs(teacher_tiles, lse_of):
-    """``log(1/K sum_k exp(A_k - lse_k))`` for one tile; ``lse_of(k)`` broadcasts against the tile."""
+def _row_lse(tile):
+    row_max = tile.amax(1)
+    return log_sum_exp(row_max, _exp_(tile - row_max[:, None]).sum(1))
+
+
+def _mixed_probs(teacher_tiles, lse_of):
+    """``1/K sum_k exp(A_k - lse_k)`` for one tile; ``lse_of(k)`` broadcasts against the tile. Every
+    exponent is floored at ``EXP_FLOOR`` (as in ``chunked.py``: an entry moves by at most e^-80, and the
+    mixed probability stays > 0, so its log is finite)."""
     out = None
     for k, a in enumerate(teacher_tiles):
-        logp = a - lse_of(k)
-        out = logp if out is None else torch.logaddexp(out, logp)
-    return out - math.log(len(teacher_tiles))
+        p = _exp_(a - lse_of(k))
+        out = p if out is None else out.add_(p)
+    return out.div_(len(teacher_tiles))
+
+
+def _kl_terms(p, student_log_probs, dim):
+    """``sum_dim p (log p - log q)``."""
+    return (p * (torch.log(p) - student_log_probs)).sum(dim)
 
 
 class ChunkedEnsembleSimilarityKL(torch.autograd.Function):
@@ -66,6 +82,12 @@ class ChunkedEnsembleSimilarityKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student_rows, student_cols, student_mult, layout: LossLayout, chunk_rows: int, num_teachers: int,
                 *teacher_inputs):
+        with _no_autocast(student_rows):
+            return ChunkedEnsembleSimilarityKL._forward(ctx, student_rows, student_cols, student_mult, layout,
+                                                        chunk_rows, num_teachers, *teacher_inputs)
+
+    @staticmethod
+    def _forward(ctx, student_rows, student_cols, student_mult, layout, chunk_rows, num_teachers, *teacher_inputs):
         t_rows, t_cols, t_mults = (teacher_inputs[i * num_teachers:(i + 1) * num_teachers] for i in range(3))
         dtype = _compute_dtype(student_rows, student_cols, *t_rows, *t_cols)
         s_left, s_right = _fp32(student_rows, dtype), _fp32(student_cols, dtype)
@@ -80,12 +102,12 @@ class ChunkedEnsembleSimilarityKL(torch.autograd.Function):
         col_t = [_ColumnLSE(s_left, num_cols) for _ in range(num_teachers)]
         for start, stop in _chunks(num_rows, chunk_rows):
             b = _logits(s_left[start:stop], student_mult, s_right)
-            row_lse_s[start:stop] = torch.logsumexp(b, 1)
+            row_lse_s[start:stop] = _row_lse(b)
             if columns:
                 col_s.add(b)
             for k in range(num_teachers):
                 a = _logits(t_left[k][start:stop], t_mults[k], t_right[k])
-                row_lse_t[k][start:stop] = torch.logsumexp(a, 1)
+                row_lse_t[k][start:stop] = _row_lse(a)
                 if columns:
                     col_t[k].add(a)
         col_lse_s, col_lse_t = row_lse_s.new_empty(0), [row_lse_s.new_empty(0)] * num_teachers
@@ -100,11 +122,10 @@ class ChunkedEnsembleSimilarityKL(torch.autograd.Function):
         for start, stop in _chunks(num_rows, chunk_rows):
             b = _logits(s_left[start:stop], student_mult, s_right)
             a = [_logits(t_left[k][start:stop], t_mults[k], t_right[k]) for k in range(num_teachers)]
-            logp = _mixed_log_probs(a, lambda k: row_lse_t[k][start:stop, None])
-            row_kl[start:stop] = (logp.exp() * (logp - (b - row_lse_s[start:stop, None]))).sum(1)
+            p = _mixed_probs(a, lambda k: row_lse_t[k][start:stop, None])
+            row_kl[start:stop] = _kl_terms(p, b - row_lse_s[start:stop, None], 1)
             if columns:
-                logp = _mixed_log_probs(a, lambda k: col_lse_t[k])
-                col_kl += (logp.exp() * (logp - (b - col_lse_s))).sum(0)
+                col_kl += _kl_terms(_mixed_probs(a, lambda k: col_lse_t[k]), b - col_lse_s, 0)
         if columns and layout.reduce_column_stats is not None:
             # distributed: each column's KL sums over the rows of every rank (a plain sum is a merge of
             # statistics that share the shift 0)
@@ -116,6 +137,11 @@ class ChunkedEnsembleSimilarityKL(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
+        with _no_autocast(grad_output):
+            return ChunkedEnsembleSimilarityKL._backward(ctx, grad_output)
+
+    @staticmethod
+    def _backward(ctx, grad_output):
         saved = ctx.saved_tensors
         layout, chunk_rows, num_teachers = ctx.layout, ctx.chunk_rows, ctx.num_teachers
         student_rows, student_cols, student_mult, row_lse_s, col_lse_s = saved[:5]
@@ -133,11 +159,11 @@ class ChunkedEnsembleSimilarityKL(torch.autograd.Function):
         for start, stop in _chunks(s_left.shape[0], chunk_rows):
             b = _logits(s_left[start:stop], student_mult, s_right)
             a = [_logits(t_left[k][start:stop], t_mults[k], t_right[k]) for k in range(num_teachers)]
-            g = torch.exp(b - row_lse_s[start:stop, None]) - _mixed_log_probs(
-                a, lambda k: row_lse_t[k][start:stop, None]).exp()                         # q - p
+            g = _exp_(b - row_lse_s[start:stop, None]).sub_(
+                _mixed_probs(a, lambda k: row_lse_t[k][start:stop, None]))                 # q - p
             if layout.has_columns:
-                col_g = torch.exp(b - col_lse_s) - _mixed_log_probs(a, lambda k: col_lse_t[k]).exp()  # q' - p'
-                g = col_g + row_ratio * g
+                col_g = _exp_(b - col_lse_s).sub_(_mixed_probs(a, lambda k: col_lse_t[k]))  # q' - p'
+                g = col_g.add_(g, alpha=row_ratio)
             if d_left is not None:
                 d_left[start:stop] = g @ s_right
             if d_right is not None:

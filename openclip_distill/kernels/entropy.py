@@ -80,7 +80,8 @@ def _similarity_entropy_ensemble(teachers_a, teachers_b, teacher_scales, tempera
         teachers_a = [gather_rows(world, a, sizes_a) for a in teachers_a]
         teachers_b = [gather_rows(world, b, sizes_b) for b in teachers_b]
     scales = [_scale_value(s) for s in scales]
-    ent = _mixed_entropy_rows(teachers_a, teachers_b, scales, temperature, tile)
-    if bidirectional:
-        ent = ent + _mixed_entropy_rows(teachers_b, teachers_a, scales, temperature, tile)
+    with torch.autocast(device_type=teachers_a[0].device.type, enabled=False):  # fp32 logits under AMP too
+        ent = _mixed_entropy_rows(teachers_a, teachers_b, scales, temperature, tile)
+        if bidirectional:
+            ent = ent + _mixed_entropy_rows(teachers_b, teachers_a, scales, temperature, tile)
     return ent
