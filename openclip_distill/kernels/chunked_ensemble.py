@@ -13,7 +13,8 @@ logits ``B = s * Sa Sb^T`` (tau folded into the scales) and
 (q, q' the row/column softmaxes of B). A column softmax needs statistics over *all* rows before any
 probability can be mixed, so the forward walks the row chunks twice: pass 1 collects every teacher's and
 the student's row and column log-sum-exps (O(K (N + M)) floats), pass 2 recomputes each tile, mixes the K
-teachers' probabilities and sums the KL terms. The
+teachers' probabilities and sums the KL terms (rows only, the KL is summed in pass 1: a row's statistics are
+complete within its chunk). The
 backward recomputes the tiles once more; the student's gradient needs only the mixed ``p``. A tile costs a
 few ``chunk_rows x M`` buffers whatever K is. Distributed (a ``LossLayout`` with ``reduce_column_stats``),
 the column statistics of pass 1 and the column KL sums of pass 2 are completed across ranks (O(K M)
@@ -95,9 +96,11 @@ class ChunkedEnsembleSimilarityKL(torch.autograd.Function):
         num_rows, num_cols = s_left.shape[0], s_right.shape[0]
         columns = layout.has_columns
 
-        # pass 1: row and column log-sum-exps of the student and of every teacher
+        # pass 1: row and column log-sum-exps of the student and of every teacher (a row's are complete
+        # within its chunk, so without columns its KL term is summed right away and there is no pass 2)
         row_lse_s = s_left.new_empty(num_rows)
         row_lse_t = [s_left.new_empty(num_rows) for _ in range(num_teachers)]
+        row_kl = s_left.new_empty(num_rows)
         col_s = _ColumnLSE(s_left, num_cols)
         col_t = [_ColumnLSE(s_left, num_cols) for _ in range(num_teachers)]
         for start, stop in _chunks(num_rows, chunk_rows):
@@ -105,26 +108,30 @@ class ChunkedEnsembleSimilarityKL(torch.autograd.Function):
             row_lse_s[start:stop] = _row_lse(b)
             if columns:
                 col_s.add(b)
+            a = []
             for k in range(num_teachers):
-                a = _logits(t_left[k][start:stop], t_mults[k], t_right[k])
-                row_lse_t[k][start:stop] = _row_lse(a)
+                tile = _logits(t_left[k][start:stop], t_mults[k], t_right[k])
+                row_lse_t[k][start:stop] = _row_lse(tile)
                 if columns:
-                    col_t[k].add(a)
+                    col_t[k].add(tile)  # not kept: pass 2 recomputes it
+                else:
+                    a.append(tile)
+            if not columns:
+                p = _mixed_probs(a, lambda k: row_lse_t[k][start:stop, None])
+                row_kl[start:stop] = _kl_terms(p, b - row_lse_s[start:stop, None], 1)
         col_lse_s, col_lse_t = row_lse_s.new_empty(0), [row_lse_s.new_empty(0)] * num_teachers
+        col_kl = s_left.new_zeros(num_cols if columns else 0)
         if columns:  # over all rows: a cross-rank merge when distributed
             stats = [col_s] + col_t
             maxima, sums = complete_column_stats(layout, [c.max for c in stats], [[c.sum] for c in stats])
             col_lse_s, *col_lse_t = [log_sum_exp(m, s) for m, (s,) in zip(maxima, sums)]
 
-        # pass 2: mix the teachers' probabilities tile by tile and sum the KL terms
-        row_kl = s_left.new_empty(num_rows)
-        col_kl = s_left.new_zeros(num_cols if columns else 0)
-        for start, stop in _chunks(num_rows, chunk_rows):
-            b = _logits(s_left[start:stop], student_mult, s_right)
-            a = [_logits(t_left[k][start:stop], t_mults[k], t_right[k]) for k in range(num_teachers)]
-            p = _mixed_probs(a, lambda k: row_lse_t[k][start:stop, None])
-            row_kl[start:stop] = _kl_terms(p, b - row_lse_s[start:stop, None], 1)
-            if columns:
+            # pass 2: mix the teachers' probabilities tile by tile and sum the KL terms
+            for start, stop in _chunks(num_rows, chunk_rows):
+                b = _logits(s_left[start:stop], student_mult, s_right)
+                a = [_logits(t_left[k][start:stop], t_mults[k], t_right[k]) for k in range(num_teachers)]
+                p = _mixed_probs(a, lambda k: row_lse_t[k][start:stop, None])
+                row_kl[start:stop] = _kl_terms(p, b - row_lse_s[start:stop, None], 1)
                 col_kl += _kl_terms(_mixed_probs(a, lambda k: col_lse_t[k]), b - col_lse_s, 0)
         if columns and layout.reduce_column_stats is not None:
             # distributed: each column's KL sums over the rows of every rank (a plain sum is a merge of
