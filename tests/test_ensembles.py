@@ -279,6 +279,17 @@ def test_cli_trains_from_a_live_ensemble_and_a_cached_one(two_teachers, tiny_cor
     assert "the first teacher's (test-tiny-teacher)" in (tmp_path / "cached" / "out.log").read_text()
 
 
+def test_cli_official_dime_fm_from_two_openclip_teachers(tiny_corpus, tmp_path):
+    """DIME-FM's defaults (P-VL on, the frozen teacher text tower) with two teachers of the student's width:
+    the student adopts the first teacher's text tower and says so."""
+    args = base_args(tiny_corpus, tmp_path, "dime", "--epochs", "1")
+    args[args.index("--distill-teacher") + 1] = "test-tiny-teacher,test-tiny-teacher"
+    assert distill_main.main(args) == 0
+    losses = read_losses(tmp_path / "dime" / "losses.jsonl")
+    assert len(losses) == 6 and all(r["pvl_loss"] > 0 and np.isfinite(r["loss"]) for r in losses)
+    assert "the first teacher's (test-tiny-teacher)" in (tmp_path / "dime" / "out.log").read_text()
+
+
 def test_resume_restores_the_adapter_of_every_teacher(two_teachers, tiny_corpus, tmp_path):
     """``feature`` with two teachers of widths 32 and 16: one adapter each in ``loss_state_dict``; an
     interrupted run resumed from epoch 1 replays epoch 2 bit for bit."""
