@@ -205,6 +205,8 @@ def _run_stage(stage, n_stages, manifest, first, last, step, student_weights, re
         engine.save(completed, state["step"], final=completed == last)
         if args.distributed:
             torch.distributed.barrier()
+    if parts.export_final is not None and start < last and is_master(args):
+        parts.export_final(os.path.join(args.logs, args.name, "student"))
     if start >= last:
         logging.info(f"Nothing to do: the run already completed {last} epochs")
     return state["step"], (engine.export_state_dict() if n_stages > 1 else None)
