@@ -127,10 +127,10 @@ def itm_rerank_scores(sim: torch.Tensor, match_logit, k: int):
     t2i = torch.full((m, n), low)
     for i in range(n):
         top = sim[i].topk(min(k, m)).indices
-        i2t[i, top] = match_logit(torch.full_like(top, i), top).cpu() + sim[i, top].cpu()
+        i2t[i, top.cpu()] = (match_logit(torch.full_like(top, i), top) + sim[i, top]).float().cpu()
     for t in range(m):
         top = sim[:, t].topk(min(k, n)).indices
-        t2i[t, top] = match_logit(top, torch.full_like(top, t)).cpu() + sim[top, t].cpu()
+        t2i[t, top.cpu()] = (match_logit(top, torch.full_like(top, t)) + sim[top, t]).float().cpu()
     return i2t, t2i
 
 

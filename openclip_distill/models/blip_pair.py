@@ -126,9 +126,9 @@ class BlipPair(nn.Module):
         parts = frozenset(parts)
         missing = parts - self.available_parts()
         if missing:
-            raise DistillUsageError(f"--distill-teacher: the BLIP {'student' if self.training else 'model'} has no "
-                                    f"{'retrieval' if LM not in missing else 'captioning'} model, needed for "
-                                    f"{', '.join(sorted(missing))}; give both or set those loss weights to 0")
+            which = "captioning" if missing == {LM} else "retrieval"
+            raise DistillUsageError(f"--distill-teacher: the BLIP pair has no {which} model, needed for "
+                                    f"{', '.join(sorted(missing))}; give both models or set those loss weights to 0")
         out = BlipOutputs(text_attention_mask=attention_mask, input_ids=input_ids)
         want_attn = VISION_ATTENTION in parts
         vision = self.vision_model(pixel_values=pixel_values, output_hidden_states=VISION_HIDDEN in parts,
