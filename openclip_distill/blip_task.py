@@ -70,6 +70,21 @@ class BlipDistillTask:
         return {"student": s_out, "teacher": t_out}
 
 
+def untrained_parameters(task: BlipDistillTask) -> list:
+    """Names of the student's trainable parameters that no enabled loss signal reaches (e.g. the decoder
+    when every LM weight is 0), found by one backward pass on a synthetic batch of two pairs (whether a
+    module is used does not depend on the data). DDP needs them frozen: it waits for every gradient."""
+    student = task.student.model
+    batch = {"image": torch.rand(2, 3, *task.teacher.image_size), "text": ["a photo", "a photo of a cat"]}
+    with torch.enable_grad():
+        total = sum(task.loss(**task(batch), output_dict=True).values())
+        total.backward()
+    names = [n for n, p in student.named_parameters() if p.requires_grad and p.grad is None]
+    student.zero_grad(set_to_none=True)
+    task.loss.zero_grad(set_to_none=True)
+    return names
+
+
 def build_blip_student_pair(teacher, model_name: str, student_init: str) -> BlipPair:
     """The student pair of preset ``model_name`` for a :class:`BlipTeacher` (one shared vision tower)."""
     preset = get_blip_student_preset(model_name)
@@ -154,6 +169,13 @@ def build_blip_run_parts(args, device, stage=None):
     if stage is not None:
         apply_parameter_patterns(student, stage)
     task = BlipDistillTask(student, teacher, loss, device=device, precision=args.precision)
+    unused = untrained_parameters(task)
+    if unused:
+        params = dict(student.named_parameters())
+        for name in unused:
+            params[name].requires_grad_(False)
+        logging.info(f"{len(unused)} student tensors get no gradient from the enabled {args.distill_loss} signals "
+                     f"and stay frozen (e.g. {unused[0]})")
     logging.info(f"Student {args.model}: {num_params(student) / 1e6:.2f}M params (teacher "
                  f"{num_params(teacher.pair) / 1e6:.2f}M); loss {args.distill_loss} {loss_kwargs}")
     return RunParts(task=task, loss=loss, student=student, preprocess_val=None, tokenizer=teacher.tokenizer,

@@ -133,3 +133,52 @@ def test_blip_teacher_encodes_with_its_itc_heads(blip_teacher):
         ref = model(input_ids=enc.input_ids, pixel_values=pixels, attention_mask=enc.attention_mask,
                     use_itm_head=False).itm_score
     torch.testing.assert_close(sim, ref, rtol=0, atol=1e-5)
+
+
+def test_disabled_signals_leave_their_modules_untrained(blip_teacher, tiny_corpus, tmp_path):
+    """With every LM weight 0 the decoder gets no gradient: it is frozen (DDP needs that) and written as built."""
+    from transformers import BlipForConditionalGeneration
+
+    from openclip_distill.models import build_blip_student_preset
+
+    argv = dlip_args(blip_teacher, tiny_corpus, tmp_path, "no-lm", "--distill-loss-kwargs", "lm_weight=0",
+                     "lm_kl_weight=0")
+    assert distill_main.main(argv) == 0
+    written = BlipForConditionalGeneration.from_pretrained(tmp_path / "no-lm" / "student" / "captioning")
+    built = build_blip_student_preset(os.path.join(blip_teacher, "captioning"), "blip-small")
+    for (k, a), b in zip(written.text_decoder.state_dict().items(), built.text_decoder.state_dict().values()):
+        assert torch.equal(a, b), k
+    # the shared vision tower did train (through the retrieval signals)
+    assert not torch.equal(written.vision_model.encoder.layers[0].mlp.fc1.weight,
+                           built.vision_model.encoder.layers[0].mlp.fc1.weight)
+    with open(tmp_path / "no-lm" / "out.log") as f:
+        assert "get no gradient from the enabled dlip signals and stay frozen" in f.read()
+
+
+@pytest.mark.slow
+def test_ddp_with_disabled_signals(blip_teacher, tiny_corpus, tmp_path):
+    """torchrun, 2 CPU processes: DDP trains a dlip student whose decoder no signal reaches."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    shards = tmp_path / "pairs"
+    shards.mkdir()
+    for i in range(2):  # one shard per rank
+        shutil.copy(tiny_corpus["paired"], shards / f"shard-{i}.tar")
+    args = dlip_args(blip_teacher, tiny_corpus, tmp_path, "ddp", "--train-num-samples", "64", "--batch-size", "4",
+                     "--distill-loss-kwargs", "lm_weight=0", "lm_kl_weight=0", "itc_weight=0")
+    args[args.index("--train-data") + 1] = str(shards / "shard-{0..1}.tar")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "openclip_distill.main", "--", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert len(_losses(tmp_path / "ddp")) == 8  # 64 samples / (2 ranks x 4)
+    assert os.path.isdir(tmp_path / "ddp" / "student" / "retrieval")
