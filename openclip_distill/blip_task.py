@@ -23,7 +23,7 @@ from . import registry
 from .errors import DistillUsageError
 from .models.blip_pair import BlipPair
 from .models.blip_student import build_blip_student, get_blip_student_preset, num_params
-from .stages import apply_parameter_patterns
+from .stages import apply_parameter_patterns, check_patterns_match
 from .teachers import IMAGE, TEXT, create_teacher
 
 BOTH = frozenset({IMAGE, TEXT})
@@ -78,6 +78,8 @@ def untrained_parameters(task: BlipDistillTask) -> list:
     batch = {"image": torch.rand(2, 3, *task.teacher.image_size), "text": ["a photo", "a photo of a cat"]}
     with torch.enable_grad():
         total = sum(task.loss(**task(batch), output_dict=True).values())
+        if not total.requires_grad:  # nothing trainable at all
+            return []
         total.backward()
     names = [n for n, p in student.named_parameters() if p.requires_grad and p.grad is None]
     student.zero_grad(set_to_none=True)
@@ -167,6 +169,7 @@ def build_blip_run_parts(args, device, stage=None):
                                 f"{args.distill_loss} uses {', '.join(sorted(missing))}; add the missing model "
                                 f"directory or set those weights to 0 in --distill-loss-kwargs")
     if stage is not None:
+        check_patterns_match([n for n, _ in student.named_parameters()], stage, args.model)
         apply_parameter_patterns(student, stage)
     task = BlipDistillTask(student, teacher, loss, device=device, precision=args.precision)
     unused = untrained_parameters(task)

@@ -182,3 +182,36 @@ def test_ddp_with_disabled_signals(blip_teacher, tiny_corpus, tmp_path):
     assert res.returncode == 0, res.stderr[-4000:]
     assert len(_losses(tmp_path / "ddp")) == 8  # 64 samples / (2 ranks x 4)
     assert os.path.isdir(tmp_path / "ddp" / "student" / "retrieval")
+
+
+def _stages_file(tmp_path, stages):
+    import yaml
+
+    path = tmp_path / "stages.yaml"
+    path.write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    return str(path)
+
+
+def test_stages_train_one_blip_student(blip_teacher, tiny_corpus, tmp_path, capsys):
+    """Two dlip stages: the second trains only the retrieval text side; a BLIP and an OpenCLIP stage in
+    one run, or a pattern that matches no BLIP parameter, are one-line errors."""
+    from transformers import BlipForImageTextRetrieval
+
+    stages = _stages_file(tmp_path, [{"name": "all", "epochs": 1},
+                                     {"name": "text", "epochs": 1, "trainable": ["retrieval.text_encoder.*"]}])
+    argv = dlip_args(blip_teacher, tiny_corpus, tmp_path, "staged", "--stages", stages)
+    assert distill_main.main(argv) == 0
+    rows = _losses(tmp_path / "staged")
+    assert [r["stage"] for r in rows] == ["all"] * 4 + ["text"] * 4
+    after_one = torch.load(tmp_path / "staged" / "checkpoints" / "epoch_1.pt", weights_only=True)["state_dict"]
+    final = BlipForImageTextRetrieval.from_pretrained(tmp_path / "staged" / "student" / "retrieval")
+    assert torch.equal(final.itm_head.weight, after_one["retrieval.itm_head.weight"])  # frozen in stage 2
+    assert not torch.equal(final.text_encoder.encoder.layer[0].attention.self.query.weight,
+                           after_one["retrieval.text_encoder.encoder.layer.0.attention.self.query.weight"])
+    bad = _stages_file(tmp_path, [{"name": "a", "epochs": 1}, {"name": "b", "epochs": 1, "freeze": ["visual.*"]}])
+    assert "freeze pattern 'visual.*' matches no parameter of blip-small" in _error(
+        capsys, dlip_args(blip_teacher, tiny_corpus, tmp_path, "bad-pattern", "--stages", bad))
+    mixed = _stages_file(tmp_path, [{"name": "blip", "epochs": 1},
+                                    {"name": "clip", "epochs": 1, "distill-loss": "clip-kd"}])
+    assert "stage 'blip' trains a BLIP student (--distill-loss dlip) and stage 'clip' an OpenCLIP one" in _error(
+        capsys, dlip_args(blip_teacher, tiny_corpus, tmp_path, "mixed", "--stages", mixed))
