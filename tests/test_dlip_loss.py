@@ -24,9 +24,12 @@ def pairs(tmp_path_factory):
     t_ret, t_cap = (load_blip(os.path.join(root, k)).double().eval() for k in ("retrieval", "captioning"))
     for m in (t_ret, t_cap):
         m.requires_grad_(False)
+    with torch.no_grad():  # a teacher whose captioning model has its own vision tower (as BLIP's released ones)
+        t_cap.vision_model.encoder.layers[3].mlp.fc2.weight.mul_(1.5)
     kw = dict(vision_layers=2, text_layers=2, vision_width=16, text_width=16)
     s_ret, s_cap = build_blip_student(t_ret, **kw), build_blip_student(t_cap, **kw)
     teacher = BlipPair(t_ret, t_cap)
+    assert not teacher.shares_vision
     student = BlipPair(s_ret, s_cap, share_vision=True).eval()
     g = torch.Generator().manual_seed(0)
     px = torch.randn(B, 3, 32, 32, generator=g, dtype=torch.float64)
