@@ -22,7 +22,8 @@ def build_distill_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("distillation (openclip_distill)")
     g.add_argument("--distill-teacher", default=None, type=str,
                    help="Teacher model: any OpenCLIP name (ViT-L-14, hf-hub:..., local-dir:...), or "
-                        "hf:<repo id or dir> for a transformers CLIPModel/AltCLIPModel/SiglipModel or sentence encoder.")
+                        "hf:<repo id or dir> for a transformers CLIPModel/AltCLIPModel/SiglipModel or sentence encoder, "
+                        "or hf:<dir> with BLIP retrieval/ and/or captioning/ models (for --distill-loss dlip).")
     g.add_argument("--distill-teacher-pretrained", default=None, type=str,
                    help="Teacher weights: a pretrained tag (openai, laion2b_s32b_b82k) or a local .pt/.safetensors.")
     g.add_argument("--distill-teacher-precision", default=None, choices=PRECISIONS,
@@ -46,7 +47,8 @@ def build_distill_parser() -> argparse.ArgumentParser:
                         "train: distill the student's own text tower too.")
     g.add_argument("--student-init", default="random", choices=("random", "teacher"),
                    help="teacher: start the student from the teacher's weights (TinyCLIP weight inheritance: "
-                        "uniformly selected layers, leading heads/channels; ViT and text transformers only).")
+                        "uniformly selected layers, leading heads/channels; ViT and text transformers, and the blip-* "
+                        "students of --distill-loss dlip).")
     g.add_argument("--teacher-cache", default=None, type=str, metavar="DIR",
                    help="Train from precomputed teacher embeddings (python -m openclip_distill.cache): "
                         "the teacher is never instantiated; images and sentences come from the cache.")
