@@ -16,6 +16,7 @@ from open_clip_train.distributed import broadcast_object, init_distributed_devic
 from open_clip_train.logger import setup_logging
 
 from . import registry
+from .blip_task import is_blip_loss
 from .checkpoint import find_latest_checkpoint, load_checkpoint
 from .engine import create_engine
 from .errors import DistillUsageError, NonFiniteLossError
@@ -125,6 +126,12 @@ def run(args) -> int:
             stage.args.distill_teacher = stage.args.distill_teacher or stage_manifest["teacher"]
         manifests.append(stage_manifest)
         _stage_error(stage, len(stages), _check_stage, stage, stage_manifest)
+    blip = {stage.name: is_blip_loss(registry.get_loss_class(stage.args.distill_loss)) for stage in stages}
+    if len(set(blip.values())) > 1:
+        a = next(n for n, b in blip.items() if b)
+        b = next(n for n, b in blip.items() if not b)
+        raise DistillUsageError(f"--stages: stage {a!r} trains a BLIP student (--distill-loss dlip) and stage {b!r} "
+                                f"an OpenCLIP one; a run trains one student: put them in separate runs")
     if len(stages) > 1:
         if args.deepspeed:  # a ZeRO engine exports the student on rank 0 only; stages hand it to every rank
             raise DistillUsageError("--stages: multi-stage runs do not combine with --deepspeed yet; run them with "
@@ -205,6 +212,8 @@ def _run_stage(stage, n_stages, manifest, first, last, step, student_weights, re
         engine.save(completed, state["step"], final=completed == last)
         if args.distributed:
             torch.distributed.barrier()
+    if parts.export_final is not None and start < last and is_master(args):
+        parts.export_final(os.path.join(args.logs, args.name, "student"))
     if start >= last:
         logging.info(f"Nothing to do: the run already completed {last} epochs")
     return state["step"], (engine.export_state_dict() if n_stages > 1 else None)

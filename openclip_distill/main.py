@@ -18,7 +18,8 @@ def _main(argv) -> int:
         print("\n".join(registry.list_losses()))
         return 0
     if args.list_models:
-        print("\n".join(open_clip.list_models()))
+        from .models.blip_student import list_blip_students
+        print("\n".join(open_clip.list_models() + list_blip_students()))
         return 0
     if args.demo:
         from .demo.run import run_demo

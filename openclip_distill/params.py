@@ -23,8 +23,9 @@ def build_distill_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("distillation (openclip_distill)")
     g.add_argument("--distill-teacher", default=None, type=str,
                    help="Teacher model: any OpenCLIP name (ViT-L-14, hf-hub:..., local-dir:...), or "
-                        "hf:<repo id or dir> for a transformers CLIPModel/AltCLIPModel/SiglipModel or sentence "
-                        "encoder; several, comma-separated, for an ensemble (average after softmax).")
+                        "hf:<repo id or dir> for a transformers CLIPModel/AltCLIPModel/SiglipModel or sentence encoder, "
+                        "or hf:<dir> with BLIP retrieval/ and/or captioning/ models (for --distill-loss dlip); "
+                        "several, comma-separated, for an ensemble (average after softmax).")
     g.add_argument("--distill-teacher-pretrained", default=None, type=str,
                    help="Teacher weights: a pretrained tag (openai, laion2b_s32b_b82k) or a local .pt/.safetensors; "
                         "comma-separated, one per teacher, for an ensemble.")
@@ -49,7 +50,8 @@ def build_distill_parser() -> argparse.ArgumentParser:
                         "train: distill the student's own text tower too.")
     g.add_argument("--student-init", default="random", choices=("random", "teacher"),
                    help="teacher: start the student from the teacher's weights (TinyCLIP weight inheritance: "
-                        "uniformly selected layers, leading heads/channels; ViT and text transformers only).")
+                        "uniformly selected layers, leading heads/channels; ViT and text transformers, and the blip-* "
+                        "students of --distill-loss dlip).")
     g.add_argument("--teacher-cache", default=None, type=str, metavar="DIR",
                    help="Train from precomputed teacher embeddings (python -m openclip_distill.cache): "
                         "the teacher is never instantiated; images and sentences come from the cache.")
@@ -58,6 +60,10 @@ def build_distill_parser() -> argparse.ArgumentParser:
                         "evaluated every --zeroshot-frequency epochs and at the end.")
     g.add_argument("--eval-classnames", default=None, type=str, help="Override the eval set's classnames.txt.")
     g.add_argument("--eval-templates", default=None, type=str, help="Override the eval set's templates.txt.")
+    g.add_argument("--eval-languages", default=None, type=str,
+                   help="Comma-separated languages of a multilingual --eval-data set (classnames.<lang>.txt, "
+                        "templates.<lang>.txt, <key>.<lang>.txt captions), e.g. 'en,zh'; metrics are "
+                        "suffixed with the language (zeroshot_top1_zh). Default: every language the set has.")
     g.add_argument("--deepspeed", default=None, type=str, metavar="CONFIG.json",
                    help="Train the student with DeepSpeed ZeRO (configs/deepspeed/zero{1,2,3}.json); "
                         "\"auto\" config values follow --batch-size, --accum-freq, --precision, --grad-clip-norm.")
@@ -127,6 +133,9 @@ def validate_args(args, loss_cls, modalities=None) -> None:
                                 "hf:<dir> for a transformers model)")
     if is_ensemble_name(args.distill_teacher):
         split_teacher_flags(args.distill_teacher, args.distill_teacher_pretrained)  # one weights entry per teacher
+        if getattr(loss_cls, "teacher_kind", None) == "blip":
+            raise DistillUsageError(f"--distill-teacher {args.distill_teacher}: --distill-loss {args.distill_loss} "
+                                    f"distils one BLIP teacher module by module; pass a single teacher")
         if args.loss_impl == "triton":
             raise DistillUsageError(f"--distill-teacher {args.distill_teacher}: a teacher ensemble needs --loss-impl "
                                     f"chunked|naive (or auto); the Triton kernels take one teacher")

@@ -150,13 +150,21 @@ def check_parameter_patterns(stage: Stage) -> None:
     import open_clip
     import torch
 
+    from .models.blip_student import list_blip_students
+
     name = stage.args.model
+    if name in list_blip_students():  # its names follow the teacher's depth: checked once the teacher loads
+        return
     if name not in _ARCH_CACHE:
         with torch.device("meta"):
             _ARCH_CACHE[name] = open_clip.create_model(name, device="meta")
-    names = [n for n, _ in _ARCH_CACHE[name].named_parameters()]
+    check_patterns_match([n for n, _ in _ARCH_CACHE[name].named_parameters()], stage, name)
+
+
+def check_patterns_match(names, stage: Stage, model_name: str) -> None:
+    """Every ``freeze``/``trainable`` pattern of ``stage`` matches one of the parameter ``names``."""
     for key, patterns in (("trainable", stage.trainable), ("freeze", stage.freeze)):
         for pattern in patterns:
             if not fnmatch.filter(names, pattern):
-                raise DistillUsageError(f"{key} pattern {pattern!r} matches no parameter of {name} "
+                raise DistillUsageError(f"{key} pattern {pattern!r} matches no parameter of {model_name} "
                                         f"(e.g. {names[0]!r}, {names[-1]!r})")

@@ -3,12 +3,13 @@
 tokenizer and preprocessing, and the loss (with the facts about the run it may need)."""
 import logging
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import open_clip
 import torch
 
 from . import registry
+from .blip_task import build_blip_run_parts, is_blip_loss
 from .errors import DistillUsageError
 from .models.naming import check_model_name
 from .models.text_tower import adopt_text_tower
@@ -31,6 +32,7 @@ class RunParts:
     teacher: Optional[object]  # a Teacher, None with --teacher-cache
     manifest: Optional[dict]
     view_size: int
+    export_final: Optional[Callable[[str], object]] = None  # writes the trained student into a folder (BLIP)
 
 
 def create_student_model(args, device):
@@ -139,6 +141,8 @@ def build_run_parts(args, device, manifest=None, stage=None) -> RunParts:
     """Teacher (or cache ``manifest``), student, loss and the task that joins them. ``stage``: a
     :class:`~openclip_distill.stages.Stage` whose freeze/trainable patterns apply to the student."""
     loss_cls = registry.get_loss_class(args.distill_loss)
+    if is_blip_loss(loss_cls):  # a BLIP teacher and student pair: their own task (blip_task.py)
+        return build_blip_run_parts(args, device, stage)
     teacher = None
     ensemble = is_ensemble_name(args.distill_teacher) or bool(manifest and manifest.get("members"))
     if manifest is None:

@@ -274,3 +274,50 @@ def hf_tiny_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf_tiny")
     return {"clip": save_tiny_clip(root / "clip"), "altclip": save_tiny_altclip(root / "altclip"),
             "siglip": save_tiny_siglip(root / "siglip"), "sentence": save_tiny_sentence_encoder(root / "sentence")}
+
+
+# -- BLIP ---------------------------------------------------------------------------------------
+
+def blip_tokenizer():
+    """The BERT WordPiece above plus BLIP's decoder-start token ``[DEC]`` (its ``bos_token``)."""
+    from transformers import BertTokenizer
+
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"] + list(WORDS) + list(LETTERS + PUNCT) + [
+        "##" + c for c in LETTERS]
+    return BertTokenizer(vocab={t: i for i, t in enumerate(dict.fromkeys(tokens))}, bos_token="[DEC]")
+
+
+def tiny_blip_config(tok, *, vision_layers=4, text_layers=4, width=32, heads=4, max_positions=24):
+    from transformers import BlipConfig
+
+    return BlipConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=width, intermediate_size=2 * width,
+                         num_hidden_layers=text_layers, num_attention_heads=heads,
+                         max_position_embeddings=max_positions, bos_token_id=tok.bos_token_id,
+                         pad_token_id=tok.pad_token_id, sep_token_id=tok.sep_token_id, eos_token_id=tok.sep_token_id),
+        vision_config=dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=vision_layers,
+                           num_attention_heads=heads, image_size=32, patch_size=8),
+        image_text_hidden_size=16)
+
+
+def save_tiny_blip(directory, *, vision_layers=4, text_layers=4, width=32, heads=4, seed=5):
+    """A random BLIP teacher in two ``save_pretrained`` directories, ``<directory>/retrieval``
+    (``BlipForImageTextRetrieval``) and ``<directory>/captioning`` (``BlipForConditionalGeneration``),
+    sharing one vision tower, each with the WordPiece tokenizer and a ``BlipImageProcessor`` (CLIP
+    statistics, 32 px). Returns ``directory``."""
+    from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval, BlipImageProcessor
+
+    tok = _save_tokenizer(blip_tokenizer(), os.path.join(directory, "retrieval"))
+    config = tiny_blip_config(tok, vision_layers=vision_layers, text_layers=text_layers, width=width, heads=heads)
+    _seed(seed)
+    retrieval = _spread(BlipForImageTextRetrieval(config).eval(), seed)
+    captioning = _spread(BlipForConditionalGeneration(config).eval(), seed + 1)
+    captioning.vision_model.load_state_dict(retrieval.vision_model.state_dict())
+    processor = BlipImageProcessor(size={"height": 32, "width": 32}, image_mean=list(CLIP_MEAN),
+                                   image_std=list(CLIP_STD))
+    for name, model in (("retrieval", retrieval), ("captioning", captioning)):
+        out = os.path.join(directory, name)
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        processor.save_pretrained(out)
+    return str(directory)

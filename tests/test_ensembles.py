@@ -327,6 +327,8 @@ def test_resume_restores_the_adapter_of_every_teacher(two_teachers, tiny_corpus,
      ["--distill-teacher", "--loss-impl chunked|naive"]),
     ({"--distill-teacher": "test-tiny-teacher,test-tiny-teacher", "--student-init": "teacher"},
      ["--student-init teacher", "ensemble"]),
+    ({"--distill-teacher": "test-tiny-teacher,test-tiny-teacher", "--distill-loss": "dlip"},
+     ["--distill-loss dlip", "single teacher"]),
 ])
 def test_bad_ensemble_flags_are_one_line_errors(over, needles, tiny_corpus, tmp_path, capsys):
     rc = distill_main.main(args_for(tiny_corpus, tmp_path, **over))

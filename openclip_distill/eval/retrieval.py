@@ -58,3 +58,16 @@ def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor,
     for k in ks:
         out[f"t2i_r{k}"] = t2i[k] / m if m else 0.0
     return out
+
+
+def recall_from_scores(i2t_scores: torch.Tensor, t2i_scores: torch.Tensor, positives: torch.Tensor,
+                       ks: Iterable[int] = (1, 5)) -> Dict[str, float]:
+    """Recall@K from given score matrices (e.g. after ITM re-ranking): ``i2t_scores`` (N images, M texts),
+    ``t2i_scores`` (M texts, N images), ``positives`` bool (N, M); same rules and keys as
+    :func:`retrieval_recall`."""
+    ks = [int(k) for k in ks]
+    positives = torch.as_tensor(positives, dtype=torch.bool, device=i2t_scores.device)
+    n, m = positives.shape
+    i2t, t2i = _hits(i2t_scores.float(), positives, ks), _hits(t2i_scores.float(), positives.T, ks)
+    return {**{f"i2t_r{k}": i2t[k] / n if n else 0.0 for k in ks},
+            **{f"t2i_r{k}": t2i[k] / m if m else 0.0 for k in ks}}

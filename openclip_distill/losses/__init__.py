@@ -5,3 +5,4 @@ from .feature import FeatureDistillLoss
 from .contrastive import ContrastiveLoss
 from .clip_kd import ClipKDLoss
 from .affinity import AffinityMimickingLoss
+from .dlip import DlipLoss

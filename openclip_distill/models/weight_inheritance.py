@@ -38,11 +38,14 @@ IMAGE, TEXT = "image", "text"
 _BLOCK = re.compile(r"^(?P<pre>.*transformer\.resblocks\.)(?P<i>\d+)(?P<post>\..*)$")
 
 
-def uniform_layer_selection(teacher_layers: int, student_layers: int) -> List[int]:
-    """Teacher layers ``0, s, 2s, ...`` (``s = teacher_layers // student_layers``), one per student layer."""
-    if student_layers > teacher_layers:
-        raise DistillUsageError(f"{FLAG}: the student has {student_layers} layers, more than the teacher's "
-                                f"{teacher_layers}; pick a student no deeper than the teacher or --student-init random")
+def uniform_layer_selection(teacher_layers: int, student_layers: int, flag: str = FLAG,
+                            fix: str = "--student-init random") -> List[int]:
+    """Teacher layers ``0, s, 2s, ...`` (``s = teacher_layers // student_layers``), one per student layer.
+    ``flag``/``fix`` name the input and the alternative in the error for a student deeper than the teacher."""
+    if not 0 < student_layers <= teacher_layers:
+        what = "more than" if student_layers > teacher_layers else "fewer than one, against"
+        raise DistillUsageError(f"{flag}: the student has {student_layers} layers, {what} the teacher's {teacher_layers}; "
+                                f"pick a student with 1 to {teacher_layers} layers or {fix}")
     step = teacher_layers // student_layers
     return [i * step for i in range(student_layers)]
 
@@ -99,19 +102,21 @@ def _describe(model, which):
     return type(module).__name__ if module is not None else "no tower"
 
 
-def _cut(src: torch.Tensor, shape: Sequence[int], key: str, index: Dict[int, torch.Tensor]) -> torch.Tensor:
-    """``src`` reduced to ``shape``: the given index lists on some dims, leading slices elsewhere."""
+def cut_to_shape(src: torch.Tensor, shape: Sequence[int], key: str, index: Dict[int, torch.Tensor],
+                 flag: str = FLAG, fix: str = "--student-init random") -> torch.Tensor:
+    """``src`` reduced to ``shape``: the given index lists on some dims, leading slices elsewhere
+    (``flag``/``fix`` as in :func:`uniform_layer_selection`)."""
     if src.dim() != len(shape):
-        raise DistillUsageError(f"{FLAG}: {key} has {src.dim()} dimensions in the teacher and {len(shape)} in the "
-                                f"student; the towers are not of the same family, use --student-init random")
+        raise DistillUsageError(f"{flag}: {key} has {src.dim()} dimensions in the teacher and {len(shape)} in the "
+                                f"student; the towers are not of the same family, use {fix}")
     out = src
     for d, n in enumerate(shape):
         if d in index:
             out = out.index_select(d, index[d].to(out.device))
         elif n > out.shape[d]:
-            raise DistillUsageError(f"{FLAG}: student {key} {tuple(shape)} is larger than the teacher's "
+            raise DistillUsageError(f"{flag}: student {key} {tuple(shape)} is larger than the teacher's "
                                     f"{tuple(src.shape)}; inheritance needs a student no wider than the teacher "
-                                    f"(or use --student-init random)")
+                                    f"(or use {fix})")
         else:
             out = out.narrow(d, 0, n)
     return out
@@ -162,7 +167,7 @@ def inherited_tower_state(student, teacher, which: str) -> Dict[str, torch.Tenso
             index[src.dim() - 1] = per_head
         if which == IMAGE and local == "positional_embedding":
             src = resize_grid_pos_embed(src, t_tower.grid_size, s_tower.grid_size)
-        out[key] = _cut(src, shape, key, index).to(s_sd[key].dtype).clone()
+        out[key] = cut_to_shape(src, shape, key, index).to(s_sd[key].dtype).clone()
     return out
 
 

@@ -15,6 +15,7 @@ from typing import Optional
 
 from ..errors import DistillUsageError
 from .base import Teacher
+from .hf_blip import BlipTeacher, blip_teacher_dirs
 from .hf_clip import FAMILIES, HFClipTeacher
 from .hf_sentence import HFSentenceTeacher, read_modules
 from .hf_teacher import FLAG, HFSource, check_precision, load_tokenizer, one_line
@@ -28,7 +29,8 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$
 
 def supported_architectures() -> str:
     two_towers = ", ".join(cls for cls, *_ in FAMILIES.values())
-    return f"{two_towers} (image + text) and the text encoders {', '.join(SENTENCE_MODEL_TYPES)} (text only)"
+    return (f"{two_towers} (image + text), the text encoders {', '.join(SENTENCE_MODEL_TYPES)} (text only) and "
+            f"BLIP (a directory with retrieval/ and/or captioning/ save_pretrained models)")
 
 
 def create_hf_teacher(ref: str, pretrained: Optional[str] = None, *, device="cpu", precision: str = "fp32",
@@ -49,6 +51,11 @@ def create_hf_teacher(ref: str, pretrained: Optional[str] = None, *, device="cpu
         raise DistillUsageError(f"{FLAG}-pretrained: {pretrained!r} is a hub revision, but hf:{ref} is a local "
                                 f"directory; leave --distill-teacher-pretrained empty")
     source = HFSource(ref, cache_dir=cache_dir, revision=pretrained)
+    blip_dirs = blip_teacher_dirs(ref) if source.is_local else None
+    if blip_dirs is not None:  # a BLIP retrieval and/or captioning model (the DLIP teacher)
+        teacher = BlipTeacher(ref, blip_dirs, device=device, precision=precision)
+        teacher.log_loaded()
+        return teacher
     modules = read_modules(source)
     subfolder, pooling_dir = modules if modules is not None else ("", None)
     config = _load_config(source, subfolder)
