@@ -347,6 +347,7 @@ def test_text_only_or_non_openclip_first_teacher_are_one_line_errors(
     assert_one_line_error(capsys, rc, "--student-text-tower teacher", "first teacher")
 
 
+@pytest.mark.slow  # ~13-26 s (two torchrun processes); the kernels' distributed values run by default
 def test_ddp_trains_from_an_ensemble(tiny_corpus, tmp_path):
     """torchrun, 2 gloo processes: the ensemble KL's column statistics are completed across ranks (its values
     against one process are checked in test_kernels_distributed)."""
