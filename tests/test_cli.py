@@ -1,4 +1,6 @@
 """The CLI end to end: a run that writes checkpoints OpenCLIP loads, resume, bad input, NaN losses."""
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -28,6 +30,20 @@ def run_cli(args, env=None, timeout=240):
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "openclip_distill.main", *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env)
+
+
+def run_cli_in_process(args):
+    """The CLI in this process, for runs that must stop on bad input before training (no interpreter
+    start-up, ~10 s each on a loaded 2-core machine). The subprocess path (``run_cli``) stays for runs
+    that train and for ``tests/test_bad_input.py``, which checks what a user's terminal shows."""
+    from openclip_distill.demo.teacher import preserve_logging
+    from openclip_distill.main import main
+
+    out, err, threads = io.StringIO(), io.StringIO(), torch.get_num_threads()
+    with preserve_logging(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(list(args))
+    torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(list(args), rc, out.getvalue(), err.getvalue())
 
 
 def read_losses(path):

@@ -12,7 +12,7 @@ from openclip_distill import create_distill_loss
 from openclip_distill.errors import DistillUsageError
 from openclip_distill.losses.feature import FeatureDistillLoss
 
-from test_cli import base_args, read_losses, run_cli
+from test_cli import base_args, read_losses, run_cli, run_cli_in_process
 
 
 def reference(student, teacher, weight, bias, distance, beta=1.0, normalize=True):
@@ -128,7 +128,7 @@ def test_cli_feature_run_errors(tiny_corpus, tmp_path):
     args = base_args(tiny_corpus, tmp_path, "e1", "--distill-loss", "feature", "--distill-loss-kwargs",
                      "image_weight=0")
     del args[args.index("--train-images"):args.index("--train-images") + 2]
-    res = run_cli(args + ["--student-text-tower", "train"])  # no --train-num-samples
+    res = run_cli_in_process(args + ["--student-text-tower", "train"])  # no --train-num-samples
     assert res.returncode == 2 and "--train-num-samples" in res.stderr.strip().splitlines()[-1]
-    res = run_cli(args + ["--train-num-samples", "16"])  # the text tower would be the teacher's frozen copy
+    res = run_cli_in_process(args + ["--train-num-samples", "16"])  # the text tower would be the teacher's frozen copy
     assert res.returncode == 2 and "--student-text-tower train" in res.stderr.strip().splitlines()[-1]

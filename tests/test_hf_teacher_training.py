@@ -11,7 +11,7 @@ from openclip_distill.cache import build_main, load_manifest
 from openclip_distill.teachers import create_teacher
 
 from hf_tiny import hf_tiny_models  # noqa: F401  (session fixture)
-from test_cli import base_args, read_losses, run_cli
+from test_cli import base_args, read_losses, run_cli, run_cli_in_process
 
 
 def hf_args(corpus, logs, name, teacher_dir, *extra):
@@ -97,7 +97,7 @@ def test_hf_teacher_bad_input(case, needle, hf_tiny_models, tiny_corpus, tmp_pat
     args = hf_args(tiny_corpus, tmp_path, case, teacher)
     if case == "text-tower":
         args[args.index("--student-text-tower") + 1] = "teacher"
-    res = run_cli(args)
+    res = run_cli_in_process(args)
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and needle in lines[-1] and "Traceback" not in res.stderr, res.stderr[-2000:]
 

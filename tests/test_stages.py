@@ -11,7 +11,7 @@ from open_clip.loss import ClipLoss
 
 from openclip_distill import create_distill_loss
 
-from test_cli import read_losses, run_cli
+from test_cli import read_losses, run_cli, run_cli_in_process
 
 
 # ---------------------------------------------------------------------------------- contrastive
@@ -130,7 +130,7 @@ def test_resume_in_the_middle_of_stage_two(staged_run, tmp_path):
     ({"s0": {"resume": "latest"}}, "applies to the whole run"),
 ])
 def test_stage_file_errors_before_training(over, needle, tiny_corpus, tmp_path):
-    res = run_cli(staged_args(tiny_corpus, tmp_path, "bad", stage_file(tmp_path, tiny_corpus, **over)))
+    res = run_cli_in_process(staged_args(tiny_corpus, tmp_path, "bad", stage_file(tmp_path, tiny_corpus, **over)))
     last = res.stderr.strip().splitlines()[-1]
     assert res.returncode == 2 and needle in last and "--stages" in last, res.stderr[-2000:]
     assert not (tmp_path / "bad" / "checkpoints").exists()  # nothing started
@@ -155,6 +155,6 @@ def test_shipped_dc_clip_stage_file_parses():
 def test_stages_refuse_deepspeed_up_front(tiny_corpus, tmp_path):
     args = staged_args(tiny_corpus, tmp_path, "ds", stage_file(tmp_path, tiny_corpus)) + [
         "--deepspeed", "configs/deepspeed/zero2.json"]
-    res = run_cli(args)
+    res = run_cli_in_process(args)
     last = res.stderr.strip().splitlines()[-1]
     assert res.returncode == 2 and "--stages" in last and "--deepspeed" in last, res.stderr[-2000:]
