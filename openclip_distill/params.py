@@ -55,6 +55,10 @@ def build_distill_parser() -> argparse.ArgumentParser:
                         "evaluated every --zeroshot-frequency epochs and at the end.")
     g.add_argument("--eval-classnames", default=None, type=str, help="Override the eval set's classnames.txt.")
     g.add_argument("--eval-templates", default=None, type=str, help="Override the eval set's templates.txt.")
+    g.add_argument("--eval-languages", default=None, type=str,
+                   help="Comma-separated languages of a multilingual --eval-data set (classnames.<lang>.txt, "
+                        "templates.<lang>.txt, <key>.<lang>.txt captions), e.g. 'en,zh'; metrics are "
+                        "suffixed with the language (zeroshot_top1_zh). Default: every language the set has.")
     g.add_argument("--deepspeed", default=None, type=str, metavar="CONFIG.json",
                    help="Train the student with DeepSpeed ZeRO (configs/deepspeed/zero{1,2,3}.json); "
                         "\"auto\" config values follow --batch-size, --accum-freq, --precision, --grad-clip-norm.")

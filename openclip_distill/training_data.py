@@ -70,25 +70,28 @@ def check_data_paths(args, modalities, paired: bool) -> None:
 
 
 class Evaluator:
-    """Zero-shot + retrieval on ``--eval-data`` with the student's own preprocessing and tokenizer."""
+    """Zero-shot + retrieval on ``--eval-data`` with the student's own preprocessing and tokenizer, per
+    language for a multilingual set (metrics suffixed ``_<lang>``)."""
 
-    def __init__(self, eval_set, preprocess, tokenizer, args):
-        self.eval_set, self.preprocess, self.tokenizer, self.args = eval_set, preprocess, tokenizer, args
+    def __init__(self, eval_sets, preprocess, tokenizer, args):
+        self.eval_sets, self.preprocess, self.tokenizer, self.args = eval_sets, preprocess, tokenizer, args
 
     def __call__(self, model):
-        from .eval import evaluate_model
+        from .eval import evaluate_languages, evaluate_model
         autocast = get_autocast(self.args.precision, device_type=self.args.device.split(":")[0])
-        return evaluate_model(model, self.tokenizer, self.preprocess, self.eval_set, device=self.args.device,
-                              batch_size=self.args.batch_size, autocast=autocast)
+        return evaluate_languages(
+            lambda eval_set: evaluate_model(model, self.tokenizer, self.preprocess, eval_set, device=self.args.device,
+                                            batch_size=self.args.batch_size, autocast=autocast),
+            self.eval_sets)
 
 
 def build_eval(args, preprocess, tokenizer):
     if not args.eval_data:
         return None
-    from .eval import load_eval_set
-    eval_set = load_eval_set(args.eval_data, classnames_file=args.eval_classnames,
-                             templates_file=args.eval_templates)
-    return Evaluator(eval_set, preprocess, tokenizer, args)
+    from .eval import load_eval_sets
+    eval_sets = load_eval_sets(args.eval_data, classnames_file=args.eval_classnames,
+                               templates_file=args.eval_templates, languages=getattr(args, "eval_languages", None))
+    return Evaluator(eval_sets, preprocess, tokenizer, args)
 
 
 def run_eval(evaluator, model, epoch: int, args, tb_writer=None) -> dict:

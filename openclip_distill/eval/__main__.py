@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from typing import List, Optional
 
@@ -26,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "openclip_distill.eval.eval_set for the format)")
     p.add_argument("--classnames", default=None, help="class-name file (default DIR/classnames.txt)")
     p.add_argument("--templates", default=None, help="template file (default DIR/templates.txt)")
+    p.add_argument("--languages", default=None,
+                   help="comma-separated languages of a multilingual set (default: all it has); "
+                        "metrics are suffixed with the language, e.g. zeroshot_top1_zh")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default=None, help="default: cuda if available else cpu")
     p.add_argument("--precision", default="fp32", choices=["fp32", "amp", "amp_bf16", "bf16", "fp16"])
@@ -40,13 +44,13 @@ def run(argv: Optional[List[str]] = None) -> dict:
     import open_clip
     import openclip_distill  # noqa: F401  (registers the package's model configs)
 
-    from .eval_set import load_eval_set
-    from .evaluate import evaluate_model
+    from .eval_set import load_eval_sets
+    from .evaluate import evaluate_languages, evaluate_model
     from .throughput import count_params, measure_images_per_s
 
     if args.batch_size < 1:
         raise DistillUsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    eval_set = load_eval_set(args.eval_data, args.classnames, args.templates)  # fail fast
+    eval_sets = load_eval_sets(args.eval_data, args.classnames, args.templates, args.languages)  # fail fast
     if args.model not in open_clip.list_models() and not args.model.startswith(("hf-hub:", "local-dir:")):
         raise DistillUsageError(f"--model: unknown OpenCLIP model '{args.model}'; see "
                                 f"open_clip.list_models() for the names")
@@ -74,8 +78,9 @@ def run(argv: Optional[List[str]] = None) -> dict:
     if args.precision.startswith("amp"):
         from open_clip_train.precision import get_autocast
         autocast = get_autocast(args.precision, device_type=torch.device(device).type)
-    metrics = evaluate_model(model, tokenizer, preprocess, eval_set, device=device,
-                             batch_size=args.batch_size, autocast=autocast)
+    metrics = evaluate_languages(lambda eval_set: evaluate_model(model, tokenizer, preprocess, eval_set, device=device,
+                                                                 batch_size=args.batch_size, autocast=autocast),
+                                 eval_sets)
     metrics["params"] = count_params(model)
     if args.speed:
         size = model.visual.image_size if hasattr(model.visual, "image_size") else 224
@@ -84,10 +89,11 @@ def run(argv: Optional[List[str]] = None) -> dict:
 
 
 def format_table(res: dict) -> str:
-    keys = [k for k in ("zeroshot_top1", "zeroshot_top5", "i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5")
-            if k in res]
+    metric = re.compile(r"^(zeroshot_top[15]|i2t_r[15]|t2i_r[15])(_[A-Za-z0-9_-]+)?$")
+    keys = [k for k in res if metric.match(k)]
+    counts = " ".join(f"{k}={v}" for k, v in res.items() if k.startswith(("num_samples", "num_classes")))
     return f"{res['model']}: " + " | ".join(f"{k} {100 * res[k]:.2f}%" for k in keys) + \
-        f" | n={res.get('num_samples')} classes={res.get('num_classes')} params={res.get('params')}"
+        f" | {counts} params={res.get('params')}"
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -20,6 +20,17 @@ Two layouts are accepted.
        DIR/<class name>/<image>.txt                 optional caption of ``<image>`` (retrieval)
        DIR/templates.txt                            optional
 
+**Several languages.** A set can carry its prompts and captions in several languages:
+``classnames.<lang>.txt`` / ``templates.<lang>.txt`` (``<lang>`` a short code such as ``en`` or
+``zh``) and, per sample, a caption per language (``<key>.<lang>.txt`` in a shard, ``<image>.<lang>.txt``
+beside an ImageFolder image). The languages of a set are those with a ``classnames.<lang>.txt`` or a
+``templates.<lang>.txt`` (:func:`eval_languages`); a language without its own class-name (template)
+file uses ``classnames.txt`` (``templates.txt``). ``load_eval_set(path, lang="zh")`` is the set seen
+in one language (retrieval then uses that language's captions only); :func:`load_eval_sets` gives
+one set per language and :func:`~openclip_distill.eval.evaluate_languages` reports each metric
+suffixed with its language (``zeroshot_top1_zh``). A set without per-language files is one
+unsuffixed set, as before.
+
 Empty lines and lines starting with ``#`` in the text files are ignored. ``classnames_file`` /
 ``templates_file`` override the default locations (for the ImageFolder layout a class-name file
 must list one name per class folder, in sorted folder order). Without a templates file the
@@ -35,9 +46,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from PIL import Image
 
@@ -46,6 +58,7 @@ from ..errors import DistillUsageError
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 DEFAULT_TEMPLATES = ("{c}", "a photo of a {c}.")
 FLAG = "--eval-data"
+LANGUAGE_FILE = re.compile(r"^(classnames|templates)\.([A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*)\.txt$")
 
 
 @dataclass
@@ -59,6 +72,11 @@ class EvalSet:
     shards: List[str] = field(default_factory=list)        # webdataset layout
     files: List[Tuple[str, int]] = field(default_factory=list)  # imagefolder: (path, label)
     num_samples: Optional[int] = None  # known up front for imagefolder / shards with sizes.json
+    language: Optional[str] = None     # captions read from <key>.<language>.txt (None: <key>.txt)
+
+    @property
+    def caption_ext(self) -> str:
+        return f"{self.language.lower()}.txt" if self.language else "txt"  # member names are lower-cased
 
     @property
     def num_classes(self) -> int:
@@ -72,12 +90,12 @@ class EvalSet:
         """Yield ``(RGB PIL image, label, caption or None)`` in a fixed order."""
         if self.layout == "webdataset":
             for shard in self.shards:
-                yield from _read_shard(shard, self.num_classes)
+                yield from _read_shard(shard, self.num_classes, self.caption_ext)
         else:
             for path, label in self.files:
                 with Image.open(path) as im:
                     img = im.convert("RGB")
-                cap_path = os.path.splitext(path)[0] + ".txt"
+                cap_path = os.path.splitext(path)[0] + "." + self.caption_ext
                 caption = None
                 if os.path.exists(cap_path):
                     with open(cap_path, encoding="utf-8") as f:
@@ -86,7 +104,8 @@ class EvalSet:
 
     def __repr__(self) -> str:  # short: the default dataclass repr would list every file
         n = self.num_samples if self.num_samples is not None else "?"
-        return (f"EvalSet(root={self.root!r}, layout={self.layout!r}, classes={self.num_classes}, "
+        lang = f", language={self.language!r}" if self.language else ""
+        return (f"EvalSet(root={self.root!r}{lang}, layout={self.layout!r}, classes={self.num_classes}, "
                 f"templates={len(self.templates)}, samples={n})")
 
 
@@ -104,7 +123,7 @@ def _split_key(name: str) -> Tuple[str, str]:
     return (d + "/" + stem if d else stem), ext.lower()
 
 
-def _decode_sample(shard: str, key: str, parts: dict, num_classes: int):
+def _decode_sample(shard: str, key: str, parts: dict, num_classes: int, caption_ext: str = "txt"):
     img_bytes = next((parts[e] for e in IMAGE_EXTS if e in parts), None)
     if img_bytes is None:
         return None  # not an image sample (e.g. a stray metadata member): skipped
@@ -124,11 +143,11 @@ def _decode_sample(shard: str, key: str, parts: dict, num_classes: int):
             f"names; fix the label or the class-name file")
     with Image.open(io.BytesIO(img_bytes)) as im:
         img = im.convert("RGB")
-    caption = parts["txt"].decode("utf-8").strip() if "txt" in parts else None
+    caption = parts[caption_ext].decode("utf-8").strip() if caption_ext in parts else None
     return img, label, caption or None
 
 
-def _read_shard(shard: str, num_classes: int):
+def _read_shard(shard: str, num_classes: int, caption_ext: str = "txt"):
     try:
         tar = tarfile.open(shard)
     except (OSError, tarfile.TarError) as e:
@@ -142,18 +161,27 @@ def _read_shard(shard: str, num_classes: int):
             key, ext = _split_key(m.name)
             if key != cur_key:
                 if parts:
-                    s = _decode_sample(shard, cur_key, parts, num_classes)
+                    s = _decode_sample(shard, cur_key, parts, num_classes, caption_ext)
                     if s is not None:
                         yield s
                 cur_key, parts = key, {}
             parts[ext] = tar.extractfile(m).read()
         if parts:
-            s = _decode_sample(shard, cur_key, parts, num_classes)
+            s = _decode_sample(shard, cur_key, parts, num_classes, caption_ext)
             if s is not None:
                 yield s
 
 
-def _load_templates(root: str, templates_file: Optional[str]) -> List[str]:
+def _language_file(root: str, stem: str, lang: Optional[str]) -> str:
+    """``root/<stem>.<lang>.txt`` when it exists, else ``root/<stem>.txt``."""
+    if lang:
+        path = os.path.join(root, f"{stem}.{lang}.txt")
+        if os.path.isfile(path):
+            return path
+    return os.path.join(root, f"{stem}.txt")
+
+
+def _load_templates(root: str, templates_file: Optional[str], lang: Optional[str] = None) -> List[str]:
     if templates_file is not None:
         if not os.path.isfile(templates_file):
             raise DistillUsageError(
@@ -161,7 +189,7 @@ def _load_templates(root: str, templates_file: Optional[str]) -> List[str]:
                 f"one prompt template per line containing {{c}}")
         path = templates_file
     else:
-        path = os.path.join(root, "templates.txt")
+        path = _language_file(root, "templates", lang)
         if not os.path.isfile(path):
             return list(DEFAULT_TEMPLATES)
     templates = _read_lines(path)
@@ -175,9 +203,7 @@ def _load_templates(root: str, templates_file: Optional[str]) -> List[str]:
     return templates
 
 
-def load_eval_set(path: str, classnames_file: Optional[str] = None,
-                  templates_file: Optional[str] = None) -> EvalSet:
-    """Index the evaluation set at ``path`` (see the module docstring for the two layouts)."""
+def _eval_root(path) -> str:
     if path is None or not str(path).strip():
         raise DistillUsageError(f"{FLAG}: no path given; pass a directory with classnames.txt and "
                                 f"*.tar shards, or an ImageFolder directory")
@@ -188,12 +214,37 @@ def load_eval_set(path: str, classnames_file: Optional[str] = None,
     if not os.path.isdir(root):
         raise DistillUsageError(f"{FLAG}: {path} is not a directory; pass the directory that holds "
                                 f"classnames.txt and the *.tar shards, not a file")
-    templates = _load_templates(root, templates_file)
+    return root
+
+
+def eval_languages(path: str) -> List[str]:
+    """The languages of the set at ``path`` (sorted codes of its ``classnames.<lang>.txt`` and
+    ``templates.<lang>.txt`` files); ``[]`` for a single-language set."""
+    root = _eval_root(path)
+    return sorted({m.group(2) for m in map(LANGUAGE_FILE.match, os.listdir(root)) if m})
+
+
+def load_eval_set(path: str, classnames_file: Optional[str] = None,
+                  templates_file: Optional[str] = None, lang: Optional[str] = None) -> EvalSet:
+    """Index the evaluation set at ``path`` (see the module docstring for the two layouts), seen in
+    language ``lang`` (its class names, templates and captions; ``None``: the plain files)."""
+    root = _eval_root(path)
+    if lang is not None and lang not in eval_languages(root):
+        found = eval_languages(root)
+        raise DistillUsageError(
+            f"{FLAG}: {path} has no language {lang!r} (no classnames.{lang}.txt or templates.{lang}.txt); "
+            f"its languages: {', '.join(found) if found else 'none (a single-language set)'}")
+    templates = _load_templates(root, templates_file, lang)
     entries = sorted(os.listdir(root))
     shards = [os.path.join(root, e) for e in entries if e.endswith(".tar")]
     if shards:
-        cn_path = classnames_file or os.path.join(root, "classnames.txt")
+        cn_path = classnames_file or _language_file(root, "classnames", lang)
         if not os.path.isfile(cn_path):
+            langs = eval_languages(root) if lang is None else []
+            if langs:
+                raise DistillUsageError(
+                    f"{FLAG}: {path} has class names per language only ({', '.join(langs)}); pick languages "
+                    f"(--eval-languages, or lang= / load_eval_sets in Python) or add a plain classnames.txt")
             raise DistillUsageError(
                 f"{FLAG}: class-name file {cn_path} not found; write one class name per line (line "
                 f"index = the label in .cls) or pass the class-name file explicitly")
@@ -210,7 +261,7 @@ def load_eval_set(path: str, classnames_file: Optional[str] = None,
                 num = sum(int(sizes[os.path.basename(s)]) for s in shards)
             except (ValueError, KeyError, TypeError, OSError):
                 num = None
-        return EvalSet(root, "webdataset", classnames, templates, shards=shards, num_samples=num)
+        return EvalSet(root, "webdataset", classnames, templates, shards=shards, num_samples=num, language=lang)
 
     class_dirs = [e for e in entries if os.path.isdir(os.path.join(root, e))]
     files: List[Tuple[str, int]] = []
@@ -224,6 +275,8 @@ def load_eval_set(path: str, classnames_file: Optional[str] = None,
         raise DistillUsageError(
             f"{FLAG}: {path} has no *.tar shards and no class sub-folders with images; pass a "
             f"directory with classnames.txt + webdataset shards, or <class>/<image>.png folders")
+    if classnames_file is None and lang and os.path.isfile(os.path.join(root, f"classnames.{lang}.txt")):
+        classnames_file = os.path.join(root, f"classnames.{lang}.txt")
     if classnames_file is not None:
         if not os.path.isfile(classnames_file):
             raise DistillUsageError(f"{FLAG}: class-name file {classnames_file} does not exist; pass "
@@ -237,4 +290,32 @@ def load_eval_set(path: str, classnames_file: Optional[str] = None,
         classnames = [d.replace("_", " ") for d, _ in used_dirs]
     for label, (d, imgs) in enumerate(used_dirs):
         files.extend((os.path.join(root, d, f), label) for f in imgs)
-    return EvalSet(root, "imagefolder", classnames, templates, files=files, num_samples=len(files))
+    return EvalSet(root, "imagefolder", classnames, templates, files=files, num_samples=len(files),
+                   language=lang)
+
+
+def parse_languages(value) -> Optional[List[str]]:
+    """``"en,zh"`` / ``["en", "zh"]`` -> ``["en", "zh"]``; empty or ``None`` -> ``None`` (all languages)."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    langs = [x.strip() for x in items if x and x.strip()]
+    return langs or None
+
+
+def load_eval_sets(path: str, classnames_file: Optional[str] = None, templates_file: Optional[str] = None,
+                   languages: Optional[Sequence[str]] = None) -> Dict[Optional[str], EvalSet]:
+    """One :class:`EvalSet` per language of ``path`` (``{lang: set}``, all its languages unless
+    ``languages`` picks some), or ``{None: set}`` for a single-language set. A class-name / template
+    override file names one language's words, so it needs exactly one language."""
+    found = eval_languages(path)
+    languages = parse_languages(languages)
+    if languages is None:
+        languages = found
+    if not languages:
+        return {None: load_eval_set(path, classnames_file, templates_file)}
+    if len(languages) > 1 and (classnames_file or templates_file):
+        raise DistillUsageError(
+            f"{FLAG}: {path} has the languages {', '.join(languages)}, and a class-name/template override "
+            f"file holds one language's words; pick that language with --eval-languages, or drop the override")
+    return {lang: load_eval_set(path, classnames_file, templates_file, lang=lang) for lang in languages}

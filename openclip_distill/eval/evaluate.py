@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Callable, Dict, Optional, Union
+import os
+from typing import Callable, Dict, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
-from .eval_set import EvalSet, load_eval_set
+from .eval_set import EvalSet, load_eval_set, load_eval_sets
 from .retrieval import retrieval_recall
 from .zero_shot import class_embeddings, embed_texts, zero_shot_accuracy
 
@@ -130,3 +131,21 @@ def evaluate_teacher(teacher, eval_set: Union[EvalSet, str], *, batch_size: int 
     (see :func:`evaluate_encoders` for the metrics)."""
     return evaluate_encoders(teacher.encode_image, teacher.encode_text, teacher_eval_preprocess(teacher), eval_set,
                              batch_size=batch_size)
+
+
+def evaluate_languages(evaluate_one: Callable[[EvalSet], Dict[str, float]],
+                       eval_data: Union[str, Mapping[Optional[str], EvalSet]],
+                       languages: Optional[Sequence[str]] = None) -> Dict[str, float]:
+    """``evaluate_one(eval_set)`` once per language of ``eval_data`` (a path, or the dict of
+    :func:`~openclip_distill.eval.eval_set.load_eval_sets`), each metric suffixed with its language
+    (``zeroshot_top1_en``, ``zeroshot_top1_zh``, ...). A single-language set keeps the plain names.
+
+        evaluate_languages(lambda s: evaluate_model(model, tok, pre, s), "eval/")
+    """
+    sets = load_eval_sets(eval_data, languages=languages) if isinstance(eval_data, (str, os.PathLike)) \
+        else dict(eval_data)
+    out: Dict[str, float] = {}
+    for lang, eval_set in sets.items():
+        metrics = evaluate_one(eval_set)
+        out.update(metrics if lang is None else {f"{k}_{lang}": v for k, v in metrics.items()})
+    return out
