@@ -46,11 +46,14 @@ def plot_demo_results(results: Dict[str, dict], out_path: str, losses: Optional[
     bars.legend(loc="upper center", ncol=len(who), fontsize=8)
     if losses:
         steps = [r["step"] for r in losses]
-        terms = [k for k in losses[0] if k.endswith("_loss") and any(r.get(k, 0) > 0 for r in losses)]
+        # every term of any row (the stages of a multi-stage run log different terms)
+        terms = [k for k in dict.fromkeys(k for r in losses for k in r)
+                 if k.endswith("_loss") and any(r.get(k, 0) > 0 for r in losses)]
         curve.plot(steps, [r["loss"] for r in losses], color="black", lw=1.5, label="total")
         for k in terms:  # terms switched off (weight 0) are left out
-            curve.plot(steps, [r[k] for r in losses], lw=1, alpha=0.8, label=k)
-        if all(r[k] > 0 for r in losses for k in terms + ["loss"]):
+            rows = [r for r in losses if k in r]
+            curve.plot([r["step"] for r in rows], [r[k] for r in rows], lw=1, alpha=0.8, label=k)
+        if all(r[k] > 0 for r in losses for k in terms + ["loss"] if k in r):
             curve.set_yscale("log")
         curve.legend(fontsize=8)
     else:
