@@ -114,3 +114,16 @@ def test_shipped_teacher_loads_through_hf_and_classifies_both_languages():
         res = evaluate_languages(lambda s: evaluate_teacher(teacher, s), corpus["eval_dir"])
     # 240 classes (chance 0.4%): the teacher knows them in both languages
     assert res["zeroshot_top1_en"] > 0.5 and res["zeroshot_top1_zh"] > 0.5, res
+
+
+def test_demo_flag_names_the_demo(tmp_path, capsys):
+    from openclip_distill.main import main
+    from openclip_distill.params import parse_args
+
+    assert parse_args(["--demo", "--logs", "x"]).demo == "dime-fm"  # --demo alone stays DIME-FM
+    assert parse_args(["--demo", "dc-clip"]).demo == "dc-clip"
+    assert parse_args(["--logs", "x"]).demo is None
+    assert main(["--demo", "bogus", "--logs", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --demo: unknown demo 'bogus'; choose one of dime-fm, dc-clip"]
+    assert not list(tmp_path.iterdir())  # nothing started

@@ -1,6 +1,6 @@
 """Embedded offline demos: synthetic corpora, demo teachers, and the teacher/student/baseline runs.
 
-``python -m openclip_distill.main --demo [dime-fm|dc-clip]`` (or ``run_named_demo(name)``) runs one
+``python -m openclip_distill.main --demo [dime-fm|dc-clip]`` (or ``run_named_demo(demo)``) runs one
 end to end on a CPU: ``dime-fm`` (:mod:`.run`, the default) and ``dc-clip`` (:mod:`.run_dc_clip`).
 """
 from .corpus import generate_demo_corpus
@@ -11,17 +11,18 @@ __all__ = ["generate_demo_corpus", "run_demo", "run_dc_clip_demo", "run_named_de
 DEMOS = ("dime-fm", "dc-clip")
 
 
-def run_named_demo(name: str, **kwargs):
-    """Run the demo called ``name`` (one of :data:`DEMOS`); an unknown name is a one-line usage error."""
+def run_named_demo(demo: str, **kwargs):
+    """Run the demo called ``demo`` (one of :data:`DEMOS`) with ``kwargs`` (logs, name, workers, seed,
+    ...); an unknown name is a one-line usage error."""
     from ..errors import DistillUsageError
 
-    if name == "dime-fm":
+    if demo == "dime-fm":
         from .run import run_demo
         return run_demo(**kwargs)
-    if name == "dc-clip":
+    if demo == "dc-clip":
         from .run_dc_clip import run_dc_clip_demo
         return run_dc_clip_demo(**kwargs)
-    raise DistillUsageError(f"--demo: unknown demo {name!r}; choose one of {', '.join(DEMOS)}")
+    raise DistillUsageError(f"--demo: unknown demo {demo!r}; choose one of {', '.join(DEMOS)}")
 
 
 def __getattr__(name):  # lazy: keep ``import openclip_distill.demo`` light
