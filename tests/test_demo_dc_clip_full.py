@@ -1,4 +1,6 @@
-"""The full DC-CLIP demo (about 10 minutes on 2 CPU cores): run it with ``pytest -m slow``.
+"""The full DC-CLIP demo: run it with ``pytest -m slow``. (Measured once on a loaded 2-core CPU: 37 min
+for the two stages; the student reached 57% / 60% of the teacher, so this check fails at the current
+recipe: it states the target the recipe still has to reach.)
 
 It checks the demo's claim on the held-out zh/en evaluation set: the two-stage student (feature
 distillation from unpaired images and bilingual sentences, then contrastive alignment on a small
