@@ -442,6 +442,17 @@ def _brace(dirname: str, n_shards: int) -> str:
     return os.path.join(dirname, "shard-{000000..%06d}.tar" % (n_shards - 1))
 
 
+def read_manifest(root: str, params: dict):
+    """The ``paths`` of the finished corpus at ``root`` if its ``corpus.json`` was written with these
+    ``params``, else None (no corpus, another version or other parameters)."""
+    try:
+        with open(os.path.join(root, "corpus.json")) as f:
+            saved = json.load(f)
+        return saved["paths"] if saved.get("params") == params else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def generate_demo_corpus(
     root: str,
     seed: int = 0,
@@ -471,14 +482,9 @@ def generate_demo_corpus(
                   texts_per_file=texts_per_file)
     root = os.path.abspath(os.path.expanduser(root))
     manifest = os.path.join(root, "corpus.json")
-    if not force and os.path.exists(manifest):
-        try:
-            with open(manifest) as f:
-                saved = json.load(f)
-            if saved.get("params") == params:
-                return saved["paths"]
-        except (OSError, ValueError, KeyError):
-            pass
+    saved = None if force else read_manifest(root, params)
+    if saved is not None:
+        return saved
     if n_paired < 1 or n_missing >= len(class_names()):
         raise ValueError("n_paired must be >= 1 and n_missing < number of classes")
     if os.path.isdir(root) and os.listdir(root) and not os.path.exists(manifest):

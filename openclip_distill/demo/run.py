@@ -34,6 +34,7 @@ from typing import Dict, Optional
 
 import torch
 
+from .common import checkpoint_of_epoch, device_flags, format_cells, run_distill_cli, start_demo_run
 from .corpus import generate_demo_corpus
 from .teacher import (ASSET_PATH, TEACHER_MODEL, get_demo_teacher, preserve_logging,
                       run_open_clip_train, train_demo_teacher)
@@ -90,7 +91,7 @@ def cache_argv(corpus, teacher_path: str, cfg: dict, out: str, workers: int, see
         "--batch-size", "512",
         "--workers", str(workers),
         "--seed", str(seed),
-    ] + ([] if torch.cuda.is_available() else ["--device", "cpu"])
+    ] + device_flags()
 
 
 def _schedule_flags(cfg: dict, who: str, workers: int, seed: int) -> list:
@@ -109,7 +110,7 @@ def _schedule_flags(cfg: dict, who: str, workers: int, seed: int) -> list:
         "--save-frequency", str(cfg["epochs"]),
         "--log-every-n-steps", "20",
         "--report-to", "",
-    ] + ([] if torch.cuda.is_available() else ["--device", "cpu"])
+    ] + device_flags()
 
 
 def student_argv(corpus, teacher_path: str, cfg: dict, logs: str, workers: int, seed: int,
@@ -141,25 +142,29 @@ def baseline_argv(corpus, cfg: dict, workers: int, seed: int) -> list:
     ]
 
 
-def _last_checkpoint(run_dir: str) -> str:
-    ckpts = [f for f in os.listdir(os.path.join(run_dir, "checkpoints"))
-             if f.startswith("epoch_") and f.endswith(".pt") and f[6:-3].isdigit()]
-    if not ckpts:
-        raise RuntimeError(f"no checkpoint written under {run_dir}/checkpoints")
-    return os.path.join(run_dir, "checkpoints", max(ckpts, key=lambda f: int(f[6:-3])))
+def _evaluate(evaluate_one, eval_dir: str, languages) -> Dict[str, float]:
+    """``evaluate_one(eval_set)`` on the set at ``eval_dir``; per language (metrics suffixed ``_<lang>``)
+    when ``languages`` is given."""
+    if languages is None:
+        from ..eval import load_eval_set
+        return evaluate_one(load_eval_set(eval_dir))
+    from ..eval import evaluate_languages
+    return evaluate_languages(evaluate_one, eval_dir, list(languages))
 
 
 def evaluate_checkpoint(model_name: str, checkpoint: str, eval_dir: str, *, device: str = "cpu",
-                        speed_batch: int = 256, speed_iters: int = 10) -> Dict[str, float]:
-    """Zero-shot / retrieval metrics, parameter count and image-encoder images/s of a checkpoint."""
+                        speed_batch: int = 256, speed_iters: int = 10, languages=None) -> Dict[str, float]:
+    """Zero-shot / retrieval metrics (per language with ``languages``), parameter count and
+    image-encoder images/s of a checkpoint."""
     import open_clip
 
-    from ..eval import count_params, evaluate_model, load_eval_set, measure_images_per_s
+    from ..eval import count_params, evaluate_model, measure_images_per_s
 
     model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=checkpoint,
                                                                  device=device)
     tokenizer = open_clip.get_tokenizer(model_name)
-    res = evaluate_model(model, tokenizer, preprocess, load_eval_set(eval_dir), device=device)
+    res = _evaluate(lambda eval_set: evaluate_model(model, tokenizer, preprocess, eval_set, device=device),
+                    eval_dir, languages)
     res["params"] = count_params(model)
     res["params_visual"] = count_params(model, "visual")
     size = getattr(model.visual, "image_size", 32)
@@ -168,20 +173,22 @@ def evaluate_checkpoint(model_name: str, checkpoint: str, eval_dir: str, *, devi
     return res
 
 
-def evaluate_teacher_checkpoint(model_name: str, checkpoint: str, eval_dir: str, *, device: str = "cpu",
-                                speed_batch: int = 256, speed_iters: int = 10) -> Dict[str, float]:
+def evaluate_teacher_checkpoint(model_name: str, checkpoint: Optional[str], eval_dir: str, *, device: str = "cpu",
+                                speed_batch: int = 256, speed_iters: int = 10, languages=None) -> Dict[str, float]:
     """The teacher's row, through the teacher interface (its own input size, normalisation and tokenizer)."""
-    from ..eval import count_params, evaluate_teacher, load_eval_set
+    from ..eval import count_params, evaluate_teacher
     from ..eval.throughput import measure_encode_per_s
     from ..teachers import create_teacher
 
     teacher = create_teacher(model_name, checkpoint, device=device)
-    res = evaluate_teacher(teacher, load_eval_set(eval_dir))
+    res = _evaluate(lambda eval_set: evaluate_teacher(teacher, eval_set), eval_dir, languages)
     res["params"] = teacher.num_params()
-    res["params_visual"] = count_params(teacher.model, "visual")
+    res["params_visual"] = (count_params(teacher.model, "visual") if hasattr(teacher.model, "visual") else
+                            sum(p.numel() for n, p in teacher.model.named_parameters()  # transformers' layout
+                                if n.startswith(("vision_model.", "visual_projection."))))
     views = torch.rand(speed_batch, 3, *teacher.image_size, device=device)
     res["images_per_s"] = measure_encode_per_s(teacher.encode_image, views, iters=speed_iters)
-    res["checkpoint"] = os.path.abspath(checkpoint)
+    res["checkpoint"] = os.path.abspath(checkpoint or model_name.split(":", 1)[-1])
     return res
 
 
@@ -193,19 +200,7 @@ def format_table(results: Dict[str, Dict[str, float]]) -> str:
     head = f"{'model':<10}" + "".join(f"{c[1]:>17}" for c in cols)
     lines = [head, "-" * len(head)]
     for who in ("teacher", "student", "baseline"):
-        r = results[who]
-        cells = []
-        for key, _, pct in cols:
-            v = r.get(key)
-            if v is None:
-                cells.append(f"{'-':>17}")
-            elif pct:
-                cells.append(f"{100 * v:>16.1f}%")
-            elif key.startswith("params"):
-                cells.append(f"{v / 1e6:>16.2f}M")
-            else:
-                cells.append(f"{v:>17.0f}")
-        lines.append(f"{who:<10}" + "".join(cells))
+        lines.append(f"{who:<10}" + format_cells(results[who], cols))
     s = results["student"]
     lines.append(f"student / teacher zero-shot top-1: {100 * s['student_over_teacher']:.1f}% "
                  f"(target >= 90% and above the baseline: {'met' if s['target_met'] else 'NOT met'})")
@@ -216,24 +211,11 @@ def run_demo(logs: str = "./logs", name: Optional[str] = None, workers: int = 1,
              quick: bool = False, cache_dir: Optional[str] = None) -> Dict[str, Dict[str, float]]:
     """Run the whole demo (see the module docstring); returns the results dict that is also
     written to ``<logs>/<name>/demo_results.json``."""
-    from ..errors import DistillUsageError
-
     cfg = QUICK if quick else FULL
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = max(1, min(int(workers), cpus))  # more loader processes than cores only slows a CPU run
-    logs = os.path.abspath(os.path.expanduser(logs or "./logs"))
-    name = name or time.strftime("demo-%Y_%m_%d-%H_%M_%S") + ("-quick" if quick else "")
-    run_dir = os.path.join(logs, name)
-    if os.path.exists(run_dir):
-        raise DistillUsageError(f"--name: {run_dir} already exists; choose a new --name for the demo")
-    os.makedirs(run_dir)
-    cache_dir = cache_dir or os.path.join(logs, "demo_cache")
     t_all = time.time()
+    run_dir, workers = start_demo_run(logs, name, workers, "demo", quick)
+    cache_dir = cache_dir or os.path.join(os.path.dirname(run_dir), "demo_cache")
     log = logging.getLogger("openclip_distill.demo")
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(message)s")
-    logging.getLogger().setLevel(logging.INFO)
-    log.setLevel(logging.INFO)
     timings = {}
     log.info("[demo] %s run -> %s (%d DataLoader worker(s), seed %d)", "quick" if quick else "full",
              run_dir, workers, seed)
@@ -269,8 +251,6 @@ def run_demo(logs: str = "./logs", name: Optional[str] = None, workers: int = 1,
     log.info("[demo 2/5] teacher ready in %.1f s: %s", timings["teacher_s"], teacher_path)
 
     # 3. student: DIME-FM from unpaired images + sentences, through our own CLI ----------------
-    from ..distill import distill as distill_main
-
     t0 = time.time()
     teacher_cache = None
     if cfg.get("cache_augmentations"):
@@ -291,13 +271,8 @@ def run_demo(logs: str = "./logs", name: Optional[str] = None, workers: int = 1,
     log.info("[demo 3/5] student: DIME-FM distillation of %s from %s, ~%d steps of %d images + %d "
              "sentences", STUDENT_MODEL, TEACHER_MODEL, steps, cfg["batch_size"], cfg["batch_size"])
     log.info("[demo 3/5] python -m openclip_distill.main %s", " ".join(argv))
-    threads = torch.get_num_threads()
-    with preserve_logging():
-        rc = distill_main(argv)
-    torch.set_num_threads(threads)
-    if rc != 0:
-        raise RuntimeError(f"the distillation run failed (exit {rc}); see {run_dir}/student/out.log")
-    student_ckpt = _last_checkpoint(os.path.join(run_dir, "student"))
+    run_distill_cli(argv, "distillation", f"{run_dir}/student/out.log")
+    student_ckpt = checkpoint_of_epoch(os.path.join(run_dir, "student"))
     timings["student_s"] = time.time() - t0
     log.info("[demo 3/5] student trained in %.1f s -> %s", timings["student_s"], student_ckpt)
 

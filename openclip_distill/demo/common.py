@@ -1,0 +1,79 @@
+"""Pieces both embedded demos (DIME-FM: :mod:`.run`, DC-CLIP: :mod:`.run_dc_clip`) share: the run
+directory and logging, the in-process CLI call, the last checkpoint of a run, and the table."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from .teacher import preserve_logging
+
+log = logging.getLogger("openclip_distill.demo")
+
+
+def device_flags() -> List[str]:
+    """``--device cpu`` when there is no GPU (OpenCLIP's trainer would otherwise ask for one)."""
+    return [] if torch.cuda.is_available() else ["--device", "cpu"]
+
+
+def start_demo_run(logs: Optional[str], name: Optional[str], workers: int, prefix: str,
+                   quick: bool) -> Tuple[str, int]:
+    """Create ``<logs>/<name>`` (a new directory: an existing one is a usage error) and set up INFO
+    logging; returns (run directory, DataLoader workers clamped to the available cores)."""
+    from ..errors import DistillUsageError
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = max(1, min(int(workers), cpus))  # more loader processes than cores only slows a CPU run
+    logs = os.path.abspath(os.path.expanduser(logs or "./logs"))
+    name = name or time.strftime(f"{prefix}-%Y_%m_%d-%H_%M_%S") + ("-quick" if quick else "")
+    run_dir = os.path.join(logs, name)
+    if os.path.exists(run_dir):
+        raise DistillUsageError(f"--name: {run_dir} already exists; choose a new --name for the demo")
+    os.makedirs(run_dir)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(message)s")
+    logging.getLogger().setLevel(logging.INFO)
+    log.setLevel(logging.INFO)
+    return run_dir, workers
+
+
+def run_distill_cli(argv: Sequence[str], what: str, out_log: str) -> None:
+    """``openclip_distill.main``'s run with ``argv``, in-process; RuntimeError naming ``what`` if it fails."""
+    from ..distill import distill as distill_main
+
+    threads = torch.get_num_threads()
+    with preserve_logging():
+        rc = distill_main(list(argv))
+    torch.set_num_threads(threads)
+    if rc != 0:
+        raise RuntimeError(f"the {what} run failed (exit {rc}); see {out_log}")
+
+
+def checkpoint_of_epoch(run_dir: str, epoch: Optional[int] = None) -> str:
+    """``<run_dir>/checkpoints/epoch_<epoch>.pt`` (the last epoch's when ``epoch`` is None)."""
+    folder = os.path.join(run_dir, "checkpoints")
+    ckpts = [f for f in os.listdir(folder) if f.startswith("epoch_") and f.endswith(".pt") and f[6:-3].isdigit()]
+    if epoch is None and ckpts:
+        return os.path.join(folder, max(ckpts, key=lambda f: int(f[6:-3])))
+    if epoch is not None and f"epoch_{epoch}.pt" in ckpts:
+        return os.path.join(folder, f"epoch_{epoch}.pt")
+    raise RuntimeError(f"no checkpoint {'' if epoch is None else f'epoch_{epoch}.pt '}written under {folder}")
+
+
+def format_cells(row: Dict[str, float], cols: Sequence[Tuple[str, str, bool]], width: int = 17) -> str:
+    """One table row: percentages for ``pct`` columns, millions for ``params*``, integers otherwise."""
+    cells = []
+    for key, _, pct in cols:
+        v = row.get(key)
+        if v is None:
+            cells.append(f"{'-':>{width}}")
+        elif pct:
+            cells.append(f"{100 * v:>{width - 1}.1f}%")
+        elif key.startswith("params"):
+            cells.append(f"{v / 1e6:>{width - 1}.2f}M")
+        else:
+            cells.append(f"{v:>{width}.0f}")
+    return "".join(cells)
