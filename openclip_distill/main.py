@@ -22,8 +22,8 @@ def _main(argv) -> int:
         print("\n".join(open_clip.list_models() + list_blip_students()))
         return 0
     if args.demo:
-        from .demo.run import run_demo
-        run_demo(logs=args.logs, name=args.name, workers=args.workers, seed=args.seed)
+        from .demo import run_named_demo
+        run_named_demo(args.demo, logs=args.logs, name=args.name, workers=args.workers, seed=args.seed)
         return 0
     return run(args)
 

@@ -71,8 +71,9 @@ def build_distill_parser() -> argparse.ArgumentParser:
                    help="Stop after this many consecutive NaN/inf losses (each such step is skipped).")
     g.add_argument("--list-losses", action="store_true", help="Print the registered losses and exit.")
     g.add_argument("--list-models", action="store_true", help="Print the model configs and exit.")
-    g.add_argument("--demo", action="store_true",
-                   help="Run the embedded offline demo (teacher, DIME-FM student, paired baseline).")
+    g.add_argument("--demo", nargs="?", const="dime-fm", default=None, metavar="NAME",
+                   help="Run an embedded offline demo: dime-fm (the default; teacher, DIME-FM student, paired "
+                        "baseline) or dlip (a BLIP teacher, its DLIP student, the student trained without distillation).")
     return p
 
 
