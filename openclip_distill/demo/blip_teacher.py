@@ -10,8 +10,9 @@ LM (teacher-forced next-token cross-entropy of the image-grounded decoder). One 
 by the two models during training (a :class:`~openclip_distill.models.blip_pair.BlipPair` with
 ``share_vision=True``), so both saved directories hold the same ViT weights.
 
-Architecture (:func:`demo_blip_config`): ViT of 4 blocks, 128 wide, 4 heads, 4 px patches (65 tokens);
-BERT text encoder (with cross-attention for ITM) and decoder of 4 blocks each, 128 wide; 64-d ITC space.
+Architecture (:func:`demo_blip_config`): ViT of 4 blocks, 96 wide, 3 heads, 8 px patches (17 tokens);
+BERT text encoder (with cross-attention for ITM) and decoder of 2 blocks each, 96 wide; 64-d ITC space;
+1.60M parameters as loaded (the two models' copies of the ViT counted twice).
 
 Tokenizer (:func:`build_caption_tokenizer`): a lower-casing BERT WordPiece whose vocabulary is BERT's
 special tokens, BLIP's decoder-start token ``[DEC]`` (the ``bos_token``), every word and punctuation
@@ -22,7 +23,10 @@ The package ships the result in ``openclip_distill/demo/assets/dlip-teacher/`` (
 
     python -m openclip_distill.demo.blip_teacher --out openclip_distill/demo/assets/dlip-teacher
 
-(corpus seed 0 and :data:`TRAIN_DEFAULTS`, on a CPU, a few minutes; progress is logged).
+(corpus seed 0 and :data:`TRAIN_DEFAULTS`: 1000 steps of 64 of the 20000 pairs, 416 s on a busy 2-core CPU,
+one thread; progress is logged). On the 960 first eval pairs it then scores i2t / t2i R@1 7.3% / 7.3%
+(R@5 35.7% / 30.9%; chance 0.1%: R@1 asks for the exact caption string among 960, most of which name the
+same few attributes), BLEU-4 0.105 and CIDEr 1.22 for its greedy captions.
 """
 from __future__ import annotations
 
