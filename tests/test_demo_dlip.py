@@ -117,6 +117,12 @@ def test_shipped_teacher_loads_as_an_hf_blip_teacher():
     # trained: the ITC embeddings tell the captions of two different classes apart
     emb = teacher.encode_text(["a large red circle", "a large red circle", "a small blue star"])
     assert (emb[0] @ emb[1]) > (emb[0] @ emb[2]) + 0.1
+    # the demo's student: half the layers, a 64-wide ViT (the teacher's head width, 32, kept)
+    from openclip_distill.demo.dlip_demo import STUDENT_MODEL
+    from openclip_distill.models.blip_student import get_blip_student_preset
+
+    assert get_blip_student_preset(STUDENT_MODEL).resolve(teacher.pair.config) == dict(
+        vision_layers=2, vision_width=64, text_layers=1, text_width=96)
 
 
 def test_quick_dlip_demo_runs_every_phase(tmp_path):
