@@ -1,4 +1,4 @@
-"""The full DLIP demo (about 10 minutes on 2 CPU cores): run it with ``pytest -m slow``.
+"""The full DLIP demo (383 s on a 2-core CPU shared with other jobs, one thread): ``pytest -m slow``.
 
 It checks DLIP's claim on the demo corpus' held-out eval split: the distilled blip-small keeps >= 95%
 of the BLIP teacher's image->text R@1, text->image R@1 and CIDEr at >= 1.8x its images/s with about half
