@@ -1,6 +1,6 @@
 """The full DLIP demo (383 s on a 2-core CPU shared with other jobs, one thread): ``pytest -m slow``.
 
-It checks DLIP's claim on the demo corpus' held-out eval split: the distilled blip-small keeps >= 95%
+It checks DLIP's claim on the demo corpus' held-out eval split: the distilled blip-small-narrow keeps >= 95%
 of the BLIP teacher's image->text R@1, text->image R@1 and CIDEr at >= 1.8x its images/s with about half
 its parameters, and beats the same student trained with the task losses only for the same steps.
 """
