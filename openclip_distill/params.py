@@ -76,7 +76,8 @@ def build_distill_parser() -> argparse.ArgumentParser:
     g.add_argument("--list-models", action="store_true", help="Print the model configs and exit.")
     g.add_argument("--demo", nargs="?", const="dime-fm", default=None, metavar="NAME",
                    help="Run an embedded offline demo: dime-fm (the default; teacher, DIME-FM student, paired "
-                        "baseline) or dc-clip (a Chinese + English teacher compressed in two stages).")
+                        "baseline), dc-clip (a Chinese + English teacher compressed in two stages) or dlip (a BLIP "
+                        "teacher, its DLIP student, the student trained without distillation).")
     return p
 
 

@@ -125,5 +125,5 @@ def test_demo_flag_names_the_demo(tmp_path, capsys):
     assert parse_args(["--logs", "x"]).demo is None
     assert main(["--demo", "bogus", "--logs", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: --demo: unknown demo 'bogus'; choose one of dime-fm, dc-clip"]
+    assert err == ["error: --demo: unknown demo 'bogus'; choose one of dime-fm, dc-clip, dlip"]
     assert not list(tmp_path.iterdir())  # nothing started

@@ -226,3 +226,5 @@ register_blip_student("blip-small", BlipStudentPreset(vision_depth=0.5, text_dep
 # a quarter of the layers at half the width (about a tenth of the teacher's transformer weights)
 register_blip_student("blip-tiny", BlipStudentPreset(vision_depth=0.25, text_depth=0.25, vision_width=0.5,
                                                      text_width=0.5))
+# half the layers and a 2/3-wide ViT (the DLIP demo's student: ~3.4x the teacher's images/s at 96 -> 64 channels)
+register_blip_student("blip-small-narrow", BlipStudentPreset(vision_depth=0.5, text_depth=0.5, vision_width=2 / 3))
