@@ -265,7 +265,9 @@ def run_dlip_demo(logs: str = "./logs", name: Optional[str] = None, workers: int
         json.dump(results, f, indent=1, sort_keys=True)
     print(format_table(results), flush=True)
     from .plot import save_demo_plot
-    png = save_demo_plot(results, run_dir, os.path.join(run_dir, "student", "losses.jsonl"))
+    png = save_demo_plot(results, run_dir, os.path.join(run_dir, "student", "losses.jsonl"),
+                         metrics=[("i2t_r1", "I->T R@1"), ("t2i_r1", "T->I R@1"), ("bleu4", "BLEU-4"),
+                                  ("cider", "CIDEr x 100")])
     log.info("[dlip demo 5/5] evaluation took %.1f s; demo total %.1f s; results -> %s%s", timings["eval_s"],
              timings["total_s"], os.path.join(run_dir, "demo_results.json"), f", picture -> {png}" if png else "")
     return results

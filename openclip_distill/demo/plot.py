@@ -34,14 +34,16 @@ def plot_demo_results(results: Dict[str, dict], out_path: str, losses: Optional[
     fig, (bars, curve) = plt.subplots(1, 2, figsize=(11 + max(0, len(metrics) - 3), 4.2), dpi=100)
     who = [w for w in models if w in results]
     width = 0.8 / max(1, len(who))
+    top = 100.0
     for j, w in enumerate(who):
         xs = [i + (j - (len(who) - 1) / 2) * width for i in range(len(metrics))]
         vals = [100 * float(results[w].get(k) or 0.0) for k, _ in metrics]
+        top = max([top] + vals)
         rects = bars.bar(xs, vals, width, label=w, color=COLORS.get(w))
         bars.bar_label(rects, fmt="%.1f", fontsize=7, padding=1)
     bars.set_xticks(range(len(metrics)), [label for _, label in metrics], fontsize=8)
     bars.set_ylabel("%")
-    bars.set_ylim(0, 118)  # headroom for the legend above the bars
+    bars.set_ylim(0, 1.18 * top)  # headroom for the legend above the bars
     bars.set_title("evaluation (demo eval split)")
     bars.legend(loc="upper center", ncol=len(who), fontsize=8)
     if losses:
