@@ -77,3 +77,19 @@ def format_cells(row: Dict[str, float], cols: Sequence[Tuple[str, str, bool]], w
         else:
             cells.append(f"{v:>{width}.0f}")
     return "".join(cells)
+
+
+def demo_module_main(run, prog: str, argv=None) -> int:
+    """``python -m <prog> [--logs DIR] [--name NAME] [--workers N] [--seed S] [--quick]``: call
+    ``run(logs, name, workers, seed, quick)`` (a demo's run function); returns 0."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog=prog)
+    p.add_argument("--logs", default="./logs")
+    p.add_argument("--name", default=None)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="a few steps of every phase")
+    a = p.parse_args(argv)
+    run(a.logs, a.name, a.workers, a.seed, a.quick)
+    return 0

@@ -274,17 +274,9 @@ def run_dlip_demo(logs: str = "./logs", name: Optional[str] = None, workers: int
 
 
 def main(argv=None) -> int:
-    import argparse
+    from .common import demo_module_main
 
-    p = argparse.ArgumentParser(prog="python -m openclip_distill.demo.dlip_demo")
-    p.add_argument("--logs", default="./logs")
-    p.add_argument("--name", default=None)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true")
-    a = p.parse_args(argv)
-    run_dlip_demo(a.logs, a.name, a.workers, a.seed, a.quick)
-    return 0
+    return demo_module_main(run_dlip_demo, "python -m openclip_distill.demo.dlip_demo", argv)
 
 
 if __name__ == "__main__":

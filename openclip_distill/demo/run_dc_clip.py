@@ -278,17 +278,9 @@ def run_dc_clip_demo(logs: str = "./logs", name: Optional[str] = None, workers: 
 
 
 def main(argv=None) -> int:
-    import argparse
+    from .common import demo_module_main
 
-    p = argparse.ArgumentParser(prog="python -m openclip_distill.demo.run_dc_clip")
-    p.add_argument("--logs", default="./logs")
-    p.add_argument("--name", default=None)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true")
-    a = p.parse_args(argv)
-    run_dc_clip_demo(a.logs, a.name, a.workers, a.seed, a.quick)
-    return 0
+    return demo_module_main(run_dc_clip_demo, "python -m openclip_distill.demo.run_dc_clip", argv)
 
 
 if __name__ == "__main__":
