@@ -32,7 +32,8 @@ import numpy as np
 from ..data.tar_writer import TarShardWriter
 from .chinese import ZEROSHOT_TEMPLATES_ZH, caption_zh, class_names_zh
 from .corpus import (BACKGROUNDS, POSITIONS, ZEROSHOT_TEMPLATES, _balanced_labels, _brace, _chunks,
-                     _png_bytes, caption, class_names, missing_paired_classes, read_manifest, render_batch)
+                     _png_bytes, caption, class_names, missing_paired_classes, render_batch,
+                     reusable_corpus)
 
 BILINGUAL_CORPUS_VERSION = 1
 LANGUAGES = ("en", "zh")
@@ -114,13 +115,11 @@ def generate_bilingual_corpus(
                   n_images=n_images, n_texts=n_texts, n_paired=n_paired, n_missing=n_missing,
                   n_eval_per_class=n_eval_per_class, shard_size=shard_size, texts_per_file=texts_per_file)
     root = os.path.abspath(os.path.expanduser(root))
-    saved = None if force else read_manifest(root, params)
+    saved = reusable_corpus(root, params, force)
     if saved is not None:
         return saved
     if n_paired < 2 or n_missing >= len(class_names()):
         raise ValueError("n_paired must be >= 2 and n_missing < number of classes")
-    if os.path.isdir(root) and os.listdir(root) and not os.path.exists(os.path.join(root, "corpus.json")):
-        raise ValueError(f"{root} exists and is not a demo corpus (no corpus.json); pass an empty or new directory")
     tmp = root + ".tmp-%d" % os.getpid()
     shutil.rmtree(tmp, ignore_errors=True)
     ncls = len(class_names())

@@ -453,6 +453,18 @@ def read_manifest(root: str, params: dict):
         return None
 
 
+def reusable_corpus(root: str, params: dict, force: bool = False):
+    """The ``paths`` of the finished corpus at ``root`` written with ``params`` (unless ``force``), else
+    None once ``root`` may be (re)written: a non-empty directory that is not a demo corpus (no
+    ``corpus.json``) raises ValueError instead of being overwritten."""
+    saved = None if force else read_manifest(root, params)
+    if saved is None and os.path.isdir(root) and os.listdir(root) \
+            and not os.path.exists(os.path.join(root, "corpus.json")):
+        raise ValueError(f"{root} exists and is not a demo corpus (no corpus.json); refusing to "
+                         f"overwrite it: pass an empty or new directory")
+    return saved
+
+
 def generate_demo_corpus(
     root: str,
     seed: int = 0,
@@ -481,15 +493,11 @@ def generate_demo_corpus(
                   n_eval_per_class=n_eval_per_class, shard_size=shard_size,
                   texts_per_file=texts_per_file)
     root = os.path.abspath(os.path.expanduser(root))
-    manifest = os.path.join(root, "corpus.json")
-    saved = None if force else read_manifest(root, params)
+    saved = reusable_corpus(root, params, force)
     if saved is not None:
         return saved
     if n_paired < 1 or n_missing >= len(class_names()):
         raise ValueError("n_paired must be >= 1 and n_missing < number of classes")
-    if os.path.isdir(root) and os.listdir(root) and not os.path.exists(manifest):
-        raise ValueError(f"{root} exists and is not a demo corpus (no corpus.json); refusing to "
-                         f"overwrite it: pass an empty or new directory")
 
     t0 = time.time()
     tmp = root + ".tmp-%d" % os.getpid()
