@@ -1,7 +1,9 @@
-"""Pieces both embedded demos (DIME-FM: :mod:`.run`, DC-CLIP: :mod:`.run_dc_clip`) share: the run
-directory and logging, the in-process CLI call, the last checkpoint of a run, and the table."""
+"""Pieces the embedded demos (DIME-FM: :mod:`.run`, DC-CLIP: :mod:`.run_dc_clip`, DLIP: :mod:`.dlip_demo`)
+share: the run directory and logging, the in-process CLI call, the last checkpoint of a run, the table,
+publishing the results and the ``python -m`` entry point."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -93,3 +95,20 @@ def demo_module_main(run, prog: str, argv=None) -> int:
     a = p.parse_args(argv)
     run(a.logs, a.name, a.workers, a.seed, a.quick)
     return 0
+
+
+def publish_demo_results(results: Dict[str, dict], run_dir: str, table: str, losses_path: str, prefix: str,
+                         timings: Dict[str, float], **plot) -> Optional[str]:
+    """Write ``<run_dir>/demo_results.json``, print ``table``, draw ``demo_results.png`` (``plot``: the
+    ``models`` / ``metrics`` of :func:`~openclip_distill.demo.plot.plot_demo_results`) and log where they
+    are, with ``prefix`` (e.g. ``"[demo 5/5]"``) and the evaluation / total seconds; returns the picture's
+    path, or None without matplotlib."""
+    from .plot import save_demo_plot
+
+    with open(os.path.join(run_dir, "demo_results.json"), "w") as f:
+        json.dump(results, f, indent=1, sort_keys=True, ensure_ascii=False)
+    print(table, flush=True)
+    png = save_demo_plot(results, run_dir, losses_path, **plot)
+    log.info("%s evaluation took %.1f s; demo total %.1f s; results -> %s%s", prefix, timings["eval_s"],
+             timings["total_s"], os.path.join(run_dir, "demo_results.json"), f", picture -> {png}" if png else "")
+    return png

@@ -27,7 +27,6 @@ and CIDEr at >= 1.8x its images/s, and beats the baseline (``student.target_met`
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -37,6 +36,7 @@ from typing import Dict, Optional
 import torch
 
 from .blip_teacher import TEACHER_CORPUS, TEACHER_DIR, TRAIN_DEFAULTS
+from .common import publish_demo_results
 from .corpus import generate_demo_corpus
 from .teacher import preserve_logging
 
@@ -261,15 +261,10 @@ def run_dlip_demo(logs: str = "./logs", name: Optional[str] = None, workers: int
     results["teacher"]["model"] = "dlip-teacher"
     timings["total_s"] = time.time() - t_all
     results["student"]["demo_total_s"] = round(timings["total_s"], 1)
-    with open(os.path.join(run_dir, "demo_results.json"), "w") as f:
-        json.dump(results, f, indent=1, sort_keys=True)
-    print(format_table(results), flush=True)
-    from .plot import save_demo_plot
-    png = save_demo_plot(results, run_dir, os.path.join(run_dir, "student", "losses.jsonl"),
+    publish_demo_results(results, run_dir, format_table(results), os.path.join(run_dir, "student", "losses.jsonl"),
+                         "[dlip demo 5/5]", timings,
                          metrics=[("i2t_r1", "I->T R@1"), ("t2i_r1", "T->I R@1"), ("bleu4", "BLEU-4"),
                                   ("cider", "CIDEr x 100")])
-    log.info("[dlip demo 5/5] evaluation took %.1f s; demo total %.1f s; results -> %s%s", timings["eval_s"],
-             timings["total_s"], os.path.join(run_dir, "demo_results.json"), f", picture -> {png}" if png else "")
     return results
 
 

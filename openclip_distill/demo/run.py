@@ -25,7 +25,6 @@ The target: the student's zero-shot top-1 is >= 90% of the teacher's and above t
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -34,7 +33,8 @@ from typing import Dict, Optional
 
 import torch
 
-from .common import checkpoint_of_epoch, device_flags, format_cells, run_distill_cli, start_demo_run
+from .common import (checkpoint_of_epoch, device_flags, format_cells, publish_demo_results, run_distill_cli,
+                     start_demo_run)
 from .corpus import generate_demo_corpus
 from .teacher import (ASSET_PATH, TEACHER_MODEL, get_demo_teacher, preserve_logging,
                       run_open_clip_train, train_demo_teacher)
@@ -310,14 +310,8 @@ def run_demo(logs: str = "./logs", name: Optional[str] = None, workers: int = 1,
     b["data"] = "paired: %d image-text pairs" % corpus["paired_count"]
     timings["total_s"] = time.time() - t_all
     s["demo_total_s"] = round(timings["total_s"], 1)
-    with open(os.path.join(run_dir, "demo_results.json"), "w") as f:
-        json.dump(results, f, indent=1, sort_keys=True)
-    table = format_table(results)
-    print(table, flush=True)
-    from .plot import save_demo_plot
-    png = save_demo_plot(results, run_dir, os.path.join(run_dir, "student", "losses.jsonl"))
-    log.info("[demo 5/5] evaluation took %.1f s; demo total %.1f s; results -> %s%s", timings["eval_s"],
-             timings["total_s"], os.path.join(run_dir, "demo_results.json"), f", picture -> {png}" if png else "")
+    publish_demo_results(results, run_dir, format_table(results), os.path.join(run_dir, "student", "losses.jsonl"),
+                         "[demo 5/5]", timings)
     return results
 
 

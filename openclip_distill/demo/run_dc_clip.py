@@ -29,7 +29,6 @@ both languages (``student.student_over_teacher_en`` / ``_zh`` and ``student.targ
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -38,7 +37,8 @@ from typing import Dict, Optional
 
 from .altclip_teacher import TEACHER_DIR, get_dc_clip_teacher, train_dc_clip_teacher
 from .bilingual_corpus import LANGUAGES, generate_bilingual_corpus
-from .common import checkpoint_of_epoch, device_flags, format_cells, run_distill_cli, start_demo_run
+from .common import (checkpoint_of_epoch, device_flags, format_cells, publish_demo_results, run_distill_cli,
+                     start_demo_run)
 from .run import evaluate_checkpoint, evaluate_teacher_checkpoint
 from .teacher import preserve_logging, run_open_clip_train
 
@@ -264,16 +264,11 @@ def run_dc_clip_demo(logs: str = "./logs", name: Optional[str] = None, workers: 
     timings["total_s"] = time.time() - t_all
     results["student"]["demo_total_s"] = round(timings["total_s"], 1)
     results["timings"] = {k: round(v, 1) for k, v in timings.items()}
-    with open(os.path.join(run_dir, "demo_results.json"), "w") as f:
-        json.dump(results, f, indent=1, sort_keys=True, ensure_ascii=False)
-    print(format_table(results), flush=True)
-    from .plot import save_demo_plot
-    png = save_demo_plot(results, run_dir, os.path.join(student_dir, "losses.jsonl"), models=MODELS,
+    publish_demo_results(results, run_dir, format_table(results), os.path.join(student_dir, "losses.jsonl"),
+                         f"[demo 6/{n}]", timings, models=MODELS,
                          metrics=[(f"{m}_{lang}", f"{label} {lang}") for m, label in
                                   (("zeroshot_top1", "zero-shot"), ("i2t_r1", "I->T R@1"), ("t2i_r1", "T->I R@1"))
                                   for lang in LANGUAGES])
-    log.info("[demo 6/%d] evaluation took %.1f s; demo total %.1f s; results -> %s%s", n, timings["eval_s"],
-             timings["total_s"], os.path.join(run_dir, "demo_results.json"), f", picture -> {png}" if png else "")
     return results
 
 
