@@ -46,6 +46,17 @@ def run_cli_in_process(args):
     return subprocess.CompletedProcess(list(args), rc, out.getvalue(), err.getvalue())
 
 
+def interrupted_copy(run_dir, dest, finished_epochs):
+    """A copy of ``run_dir`` at ``dest`` as if the run had stopped after ``finished_epochs`` epochs: the
+    next epoch's checkpoint removed and ``losses.jsonl`` cut back; returns the full run's losses."""
+    shutil.copytree(run_dir, dest)
+    os.remove(dest / "checkpoints" / f"epoch_{finished_epochs + 1}.pt")
+    full = read_losses(run_dir / "losses.jsonl")
+    with open(dest / "losses.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in full if r["epoch"] < finished_epochs)
+    return full
+
+
 def read_losses(path):
     with open(path) as f:
         return [json.loads(line) for line in f]
@@ -88,11 +99,7 @@ def test_resume_latest_reproduces_the_uninterrupted_run(finished_run, tiny_corpu
     run_dir, _ = finished_run
     # an "interrupted" copy: epoch 2 never finished
     cut = tmp_path / "run"
-    shutil.copytree(run_dir, cut)
-    os.remove(cut / "checkpoints" / "epoch_2.pt")
-    full = read_losses(run_dir / "losses.jsonl")
-    with open(cut / "losses.jsonl", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in full if r["epoch"] == 0)
+    full = interrupted_copy(run_dir, cut, 1)
     res = run_cli(base_args(tiny_corpus, tmp_path, "run", "--eval-data", tiny_corpus["eval"], "--resume", "latest"))
     assert res.returncode == 0, res.stderr[-3000:]
     resumed = read_losses(cut / "losses.jsonl")

@@ -1,7 +1,5 @@
 """Multi-stage schedules (--stages FILE.yaml) and the `contrastive` loss."""
 import json
-import os
-import shutil
 
 import open_clip
 import pytest
@@ -11,7 +9,7 @@ from open_clip.loss import ClipLoss
 
 from openclip_distill import create_distill_loss
 
-from test_cli import read_losses, run_cli, run_cli_in_process
+from test_cli import interrupted_copy, read_losses, run_cli, run_cli_in_process
 
 
 # ---------------------------------------------------------------------------------- contrastive
@@ -104,11 +102,7 @@ def test_two_stages_checkpoints_logs_and_freezing(staged_run):
 def test_resume_in_the_middle_of_stage_two(staged_run, tmp_path):
     run, args = staged_run
     cut = tmp_path / "run"
-    shutil.copytree(run, cut)
-    os.remove(cut / "checkpoints" / "epoch_4.pt")
-    full = read_losses(run / "losses.jsonl")
-    with open(cut / "losses.jsonl", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in full if r["epoch"] < 3)
+    full = interrupted_copy(run, cut, 3)
     resumed_args = list(args)
     resumed_args[resumed_args.index("--logs") + 1] = str(tmp_path)
     res = run_cli(resumed_args + ["--resume", "latest"])
