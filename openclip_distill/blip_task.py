@@ -64,6 +64,8 @@ class BlipDistillTask:
         with self.autocast():
             # ITM negatives are drawn with torch's global RNG (seeded per rank by the run)
             s_out = self.student.model(pixels, ids, mask, self.parts, itc_temperature=self.itc_temperature)
+        if not self.loss.reads_teacher:  # task losses only (e.g. the demo's baseline): no teacher forward
+            return {"student": s_out, "teacher": None}
         with torch.no_grad(), self.teacher.autocast():
             t_out = self.teacher.pair(pixels.to(self.teacher.dtype), ids, mask, self.parts, itm_pairs=s_out.itm_pairs,
                                       itc_temperature=self.itc_temperature)

@@ -215,3 +215,30 @@ def test_stages_train_one_blip_student(blip_teacher, tiny_corpus, tmp_path, caps
                                     {"name": "clip", "epochs": 1, "distill-loss": "clip-kd"}])
     assert "stage 'blip' trains a BLIP student (--distill-loss dlip) and stage 'clip' an OpenCLIP one" in _error(
         capsys, dlip_args(blip_teacher, tiny_corpus, tmp_path, "mixed", "--stages", mixed))
+
+
+def test_task_losses_alone_run_no_teacher_forward(blip_teacher):
+    """With every distillation weight 0 (the demo's baseline) the task skips the teacher's forward, and the
+    task losses equal those of a run that also computes the teacher's outputs."""
+    from openclip_distill import create_distill_loss
+    from openclip_distill.blip_task import BlipDistillTask, build_blip_student_pair
+    from openclip_distill.teachers import create_teacher
+
+    teacher = create_teacher(f"hf:{blip_teacher}")
+    student = build_blip_student_pair(teacher, "blip-small", "teacher")
+    off = {f"{k}_weight": 0 for k in ("vision_hidden", "vision_attention", "text_hidden", "itc_kl", "itm_kl",
+                                      "cross_attention", "lm_kl")}
+    task_only = create_distill_loss("dlip", **off)
+    with_teacher = create_distill_loss("dlip", **dict(off, itc_kl_weight=1, itm_kl_weight=1, lm_kl_weight=1))
+    assert not task_only.reads_teacher and with_teacher.reads_teacher
+    batch = {"image": torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)),
+             "text": ["a red cat", "two dogs", "a photo of a bird on a tree", "a car"]}
+    torch.manual_seed(0)
+    alone = BlipDistillTask(student, teacher, task_only, device="cpu")(batch)
+    torch.manual_seed(0)
+    both = BlipDistillTask(student, teacher, with_teacher, device="cpu")(batch)
+    assert alone["teacher"] is None and both["teacher"] is not None
+    a, b = task_only(**alone, output_dict=True), with_teacher(**both, output_dict=True)
+    assert set(a) == {"itc_loss", "itm_loss", "lm_loss"} and "itc_kl_loss" in b
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)

@@ -43,6 +43,7 @@ from ..models.blip_pair import CROSS_ATTENTION, ITC, ITM, LM, TEXT_HIDDEN, VISIO
 from ..registry import register_loss
 
 DISTANCES = ("cosine", "mse")
+TASK_SIGNALS = ("itc", "itm", "lm")  # trained on the paired data alone: they read no teacher output
 # weight name -> the pair outputs it reads
 SIGNALS = {
     "vision_hidden": {VISION_HIDDEN}, "vision_attention": {VISION_ATTENTION}, "text_hidden": {TEXT_HIDDEN},
@@ -144,6 +145,12 @@ class DlipLoss(nn.Module):
         """The :class:`BlipPair` outputs this loss reads."""
         return frozenset().union(*(SIGNALS[k] for k, w in self.weights.items() if w))
 
+    @property
+    def reads_teacher(self) -> bool:
+        """Whether any distillation signal is on; with only the task losses (ITC, ITM, LM) the loss never
+        reads the teacher's outputs, so the task can skip the teacher's forward."""
+        return any(w for k, w in self.weights.items() if k not in TASK_SIGNALS)
+
     def _hidden(self, s_states, t_states, adapter, mask, name):
         layers = mapped_layers(len(t_states) - 1, len(s_states) - 1)
         total = 0.0
@@ -158,7 +165,7 @@ class DlipLoss(nn.Module):
             total = total + token_distance(x, y, self.hidden_distance, mask)
         return total / len(layers)
 
-    def forward(self, student, teacher, output_dict=False):
+    def forward(self, student, teacher=None, output_dict=False):
         w, out = self.weights, {}
         mask = student.text_attention_mask
         if w["vision_hidden"]:
