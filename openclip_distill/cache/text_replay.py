@@ -3,8 +3,12 @@
 The same scheme as :mod:`openclip_distill.data.text_corpus`, with the cache's text chunks as units:
 each pass shuffles the chunks with (seed, epoch, pass), deals them to the ``world_size x workers``
 streams (with fewer chunks than streams every stream reads every chunk and keeps rows
-``s, s+n, ...``), interleaves up to 16 chunks at random, passes the sentences through a seeded
-shuffle buffer and cuts batches; the stream never ends (resampled). After ``set_epoch(e)`` a fresh
+``s, s+n, ...``), reads each chunk's rows in a fresh random order, interleaves up to 16 chunks at
+random, passes the sentences through a seeded shuffle buffer and cuts batches; the stream never ends
+(resampled). The row shuffle is what the live stream cannot do: a chunk holds up to
+``--text-chunk-size`` consecutive sentences of the corpus, so a corpus written language by language
+(all English, then all Chinese) would otherwise reach training in long one-language runs that a
+shuffle buffer smaller than the chunk only partly mixes. After ``set_epoch(e)`` a fresh
 ``iter()`` yields exactly the same batches. Batches: ``{"text": list[str], "emb": [T, D] float32}``.
 """
 import json
@@ -45,14 +49,17 @@ class CachedSentenceStream(IterableDataset):
         self.world_size, self.rank, self.shuffle_buffer = world_size, rank, shuffle_buffer
         self.epoch = 0
 
-    def _rows(self, chunk: Chunk, stride: int, offset: int, memo) -> Iterator[tuple]:
+    def _rows(self, chunk: Chunk, stride: int, offset: int, memo, rng: random.Random) -> Iterator[tuple]:
+        """This stream's rows ``offset, offset + stride, ...`` of ``chunk``, in a random order."""
         data = memo.get(chunk[0]) if memo is not None else None
         if data is None:
             data = read_text_chunk(chunk[0], chunk[1], mmap=memo is None)
             if memo is not None:
                 memo[chunk[0]] = data
         texts, emb = data
-        for i in range(offset, len(texts), stride):
+        rows = list(range(offset, len(texts), stride))
+        rng.shuffle(rows)
+        for i in rows:
             yield texts[i], emb[i]
 
     def _sentences(self, epoch: int, stream: int, num_streams: int) -> Iterator[tuple]:
@@ -69,7 +76,8 @@ class CachedSentenceStream(IterableDataset):
             # a share that fits in memory is read once and kept (no re-reading per pass)
             memo = self._memo if share <= max(self.shuffle_buffer, SMALL_CORPUS) else None
             rng = random.Random(derive_seed("cached-text-interleave", self.seed, epoch, stream, num_streams, pass_idx))
-            readers = (self._rows(self.chunks[i], stride, offset, memo) for i in mine)
+            rows_rng = random.Random(derive_seed("cached-text-rows", self.seed, epoch, stream, num_streams, pass_idx))
+            readers = (self._rows(self.chunks[i], stride, offset, memo, rows_rng) for i in mine)
             yield from _interleave(readers, INTERLEAVE, rng)
             pass_idx += 1
 
