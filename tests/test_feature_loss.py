@@ -66,7 +66,25 @@ def test_adapter_is_identity_when_widths_match_and_modalities_follow_weights():
     assert create_distill_loss("feature", text_weight=0).modalities == frozenset({"image"})
 
 
+@pytest.mark.parametrize("distance", ["smooth_l1", "mse", "cosine"])
+def test_feature_loss_without_adapter_is_the_plain_distance(distance):
+    """adapter=False: no parameters, the formula with A = I (student and teacher of the same width)."""
+    g = torch.Generator().manual_seed(1)
+    loss = FeatureDistillLoss(image_weight=0.7, text_weight=1.3, distance=distance, beta=0.05, adapter=False,
+                              student_embed_dim=16, teacher_embed_dim=16).double()
+    assert list(loss.parameters()) == [] and loss.image_adapter is None and loss.text_adapter is None
+    si, st, ti, tt = (torch.randn(6, 16, generator=g, dtype=torch.float64) for _ in range(4))
+    out = loss(image_features=si, text_features=st, dist_image_features=ti, dist_text_features=tt, output_dict=True)
+    eye, zero = torch.eye(16, dtype=torch.float64), torch.zeros(16, dtype=torch.float64)
+    assert float(out["image_loss"]) == pytest.approx(0.7 * float(reference(si, ti, eye, zero, distance, 0.05)), rel=1e-9)
+    assert float(out["text_loss"]) == pytest.approx(1.3 * float(reference(st, tt, eye, zero, distance, 0.05)), rel=1e-9)
+
+
 def test_feature_loss_bad_input():
+    with pytest.raises(DistillUsageError, match="adapter=False needs the student's embedding width"):
+        create_distill_loss("feature", adapter=False, student_embed_dim=12, teacher_embed_dim=20)
+    with pytest.raises(DistillUsageError, match="adapter must be True or False"):
+        create_distill_loss("feature", adapter="no")
     with pytest.raises(DistillUsageError, match="distance"):
         create_distill_loss("feature", distance="l3")
     with pytest.raises(DistillUsageError, match="image_weight or text_weight"):
@@ -116,12 +134,14 @@ def test_cli_sentence_only_run_with_adapter_checkpointed_not_exported(tiny_corpu
 
 def test_cli_image_only_run(tiny_corpus, tmp_path):
     args = base_args(tiny_corpus, tmp_path, "img", "--distill-loss", "feature", "--distill-loss-kwargs",
-                     "text_weight=0", "--epochs", "1")
+                     "text_weight=0", "adapter=False", "--epochs", "1")
     del args[args.index("--train-texts"):args.index("--train-texts") + 2]
     res = run_cli(args)
     assert res.returncode == 0, res.stderr[-3000:]
     losses = read_losses(tmp_path / "img" / "losses.jsonl")
     assert len(losses) == 6 and all("image_loss" in r and "text_loss" not in r for r in losses)
+    ckpt = torch.load(tmp_path / "img" / "checkpoints" / "epoch_1.pt", weights_only=True)
+    assert not ckpt.get("loss_state_dict")  # adapter=False: the loss has nothing to save
 
 
 def test_cli_feature_run_errors(tiny_corpus, tmp_path):

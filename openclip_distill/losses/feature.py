@@ -17,6 +17,11 @@ With a teacher ensemble (``--distill-teacher A,B``) each ``L_m`` is the mean ove
 single-teacher term, with one adapter per teacher (a regression target cannot be averaged after a
 softmax; the student regresses onto each teacher through its own map).
 
+``adapter=False`` drops ``A_m`` (the student's width must equal the teacher's): both towers then
+regress straight onto the teacher's space, so the student's image and text embeddings stay aligned
+with each other, while two learned adapters can drift apart and leave that to a later alignment
+stage.
+
 The adapters train with the student and are saved in training checkpoints (``loss_state_dict``),
 never in the exported student. A zero weight drops that modality from the data too: with
 ``image_weight=0`` the run needs sentences only (``--train-texts``), with ``text_weight=0`` images only.
@@ -69,7 +74,8 @@ class FeatureDistillLoss(nn.Module):
     requires_paired_data = False
 
     def __init__(self, image_weight=1.0, text_weight=1.0, distance="smooth_l1", normalize=True, beta=1.0,
-                 student_embed_dim: Optional[int] = None, teacher_embed_dim: Optional[int] = None, impl="auto"):
+                 adapter=True, student_embed_dim: Optional[int] = None, teacher_embed_dim: Optional[int] = None,
+                 impl="auto"):
         super().__init__()
         self.image_weight, self.text_weight = float(image_weight), float(text_weight)
         if distance not in DISTANCES:
@@ -79,9 +85,17 @@ class FeatureDistillLoss(nn.Module):
             raise DistillUsageError("--distill-loss-kwargs: feature needs image_weight or text_weight > 0")
         self.distance, self.normalize, self.beta = distance, bool(normalize), float(beta)
         self.impl = impl  # no similarity matrix here; accepted like every loss
+        if not isinstance(adapter, bool):
+            raise DistillUsageError(f"--distill-loss-kwargs: adapter must be True or False, got {adapter!r}")
+        self.adapter = adapter
         s_dim, t_dims = student_and_teacher_dims(student_embed_dim, teacher_embed_dim)
-        self.image_adapter = make_adapters(s_dim, t_dims) if (s_dim and self.image_weight) else None
-        self.text_adapter = make_adapters(s_dim, t_dims) if (s_dim and self.text_weight) else None
+        if not adapter and s_dim and t_dims and any(int(t) != int(s_dim) for t in t_dims):
+            raise DistillUsageError(
+                f"--distill-loss-kwargs: adapter=False needs the student's embedding width ({s_dim}) to equal the "
+                f"teacher's ({', '.join(map(str, t_dims))}); keep the adapter or pick a student of that width")
+        with_adapters = bool(s_dim) and adapter
+        self.image_adapter = make_adapters(s_dim, t_dims) if (with_adapters and self.image_weight) else None
+        self.text_adapter = make_adapters(s_dim, t_dims) if (with_adapters and self.text_weight) else None
 
     @property
     def modalities(self) -> frozenset:
@@ -101,11 +115,13 @@ class FeatureDistillLoss(nn.Module):
         if self.normalize:
             student, teacher = F.normalize(student, dim=-1), F.normalize(teacher, dim=-1)
         # fp32 at least (bf16/fp16 features under autocast), or the adapter's own dtype
-        x = adapter(student.to(adapter.weight.dtype)) if adapter is not None else student.float()
+        x = (adapter(student.to(adapter.weight.dtype)) if adapter is not None
+             else student.to(torch.promote_types(student.dtype, torch.float32)))
         if x.shape[-1] != teacher.shape[-1]:
             raise DistillUsageError(
                 f"--distill-loss feature: student {name} features have {x.shape[-1]} dims, the teacher's "
-                f"{teacher.shape[-1]}; build the loss with student_embed_dim/teacher_embed_dim (the CLI does)")
+                f"{teacher.shape[-1]}; " + ("adapter=False needs equal widths" if not self.adapter else
+                                            "build the loss with student_embed_dim/teacher_embed_dim (the CLI does)"))
         return feature_distance(x, teacher.detach().to(x.dtype), self.distance, self.beta)
 
     def forward(self, image_features=None, text_features=None, dist_image_features=None, dist_text_features=None,
