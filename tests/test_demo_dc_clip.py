@@ -29,7 +29,8 @@ def test_quick_dc_clip_demo_runs_every_phase(tmp_path):
         assert all(0.0 <= saved[who][k] <= 1.0 for k in KEYS[:6])
         assert saved[who]["params"] > 0 and saved[who]["images_per_s"] > 0
     s, b = saved["student"], saved["baseline"]
-    assert s["steps"] == b["steps"] == saved["stage1"]["steps"] + 2 and s["batch_size"] == b["batch_size"]
+    assert s["steps"] == b["steps"] == saved["stage1"]["steps"] + 2 == sum(s["stage_steps"])
+    assert s["stage_batch_sizes"] == [saved["stage1"]["batch_size"], b["batch_size"]]
     assert {"student_over_teacher_en", "student_over_teacher_zh", "target_met"} <= set(s)
     assert res["student"]["zeroshot_top1_zh"] == s["zeroshot_top1_zh"]
     # the run's stage file is the packaged recipe with this run's data, and it ran both stages

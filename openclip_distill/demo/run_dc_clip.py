@@ -60,7 +60,7 @@ QUICK = dict(
     corpus=dict(n_teacher_pairs=512, n_images=256, n_texts=256, n_paired=128, n_eval_per_class=1,
                 shard_size=128, texts_per_file=128),
     batch_size=32,
-    stage_overrides=[{"epochs": 1, "train-num-samples": 128, "warmup": 1},
+    stage_overrides=[{"epochs": 1, "train-num-samples": 128, "warmup": 1, "batch-size": 32, "save-frequency": 1},
                      {"epochs": 1, "train-num-samples": 64, "warmup": 1}],
     baseline_lr=1e-3, baseline_wd=0.1, baseline_warmup=1,
     speed_batch=16, speed_iters=2,
@@ -89,9 +89,14 @@ def run_stage_file(corpus: Dict[str, object], cfg: dict, run_dir: str, teacher_c
     return stages
 
 
+def stage_batch_size(stage: dict, batch_size: int) -> int:
+    """The stage's images per step: its own ``batch-size``, else the run's ``batch_size``."""
+    return int(stage.get("batch-size", batch_size))
+
+
 def stage_steps(stage: dict, batch_size: int) -> int:
-    """Optimizer steps of a stage: epochs x ceil(train-num-samples / batch size)."""
-    return int(stage["epochs"]) * -(-int(stage["train-num-samples"]) // batch_size)
+    """Optimizer steps of a stage: epochs x ceil(train-num-samples / the stage's batch size)."""
+    return int(stage["epochs"]) * -(-int(stage["train-num-samples"]) // stage_batch_size(stage, batch_size))
 
 
 def student_argv(teacher_dir: str, cfg: dict, run_dir: str, workers: int, seed: int) -> list:
@@ -225,9 +230,12 @@ def run_dc_clip_demo(logs: str = "./logs", name: Optional[str] = None, workers: 
     t0 = time.time()
     stages = run_stage_file(corpus, cfg, run_dir, teacher_cache)
     steps = [stage_steps(s, cfg["batch_size"]) for s in stages]
+    batch_sizes = [stage_batch_size(s, cfg["batch_size"]) for s in stages]
+    text_batch = int(stages[0].get("text-batch-size", cfg["batch_size"]))
     argv = student_argv(teacher_dir, cfg, run_dir, workers, seed)
-    log.info("[demo 4/%d] stages (%s): %s steps of %d -> python -m openclip_distill.main %s", n,
-             ", ".join(s["name"] for s in stages), " + ".join(map(str, steps)), cfg["batch_size"], " ".join(argv))
+    log.info("[demo 4/%d] stages: %s (%d steps of %d images + %d sentences), %s (%d steps of %d pairs) -> "
+             "python -m openclip_distill.main %s", n, stages[0]["name"], steps[0], batch_sizes[0], text_batch,
+             stages[1]["name"], steps[1], batch_sizes[1], " ".join(argv))
     run_distill_cli(argv, "two-stage distillation", f"{run_dir}/student/out.log")
     student_dir = os.path.join(run_dir, "student")
     stage1_ckpt = checkpoint_of_epoch(student_dir, int(stages[0]["epochs"]))
@@ -235,10 +243,10 @@ def run_dc_clip_demo(logs: str = "./logs", name: Optional[str] = None, workers: 
     timings["student_s"] = time.time() - t0
     log.info("[demo 4/%d] student trained in %.1f s -> %s", n, timings["student_s"], student_ckpt)
 
-    # 5. baseline: CLIP loss on the small paired split, same steps and batch size --------------
+    # 5. baseline: CLIP loss on the small paired split, as many steps as both stages, stage 2's batch size
     t0 = time.time()
     log.info("[demo 5/%d] baseline: %s from scratch, CLIP loss on %d zh/en pairs, %d steps of %d", n,
-             STUDENT_MODEL, corpus["paired_count"], sum(steps), cfg["batch_size"])
+             STUDENT_MODEL, corpus["paired_count"], sum(steps), batch_sizes[1])
     baseline_ckpt = run_open_clip_train(baseline_argv(corpus, cfg, sum(steps), workers, seed), run_dir, "baseline")
     timings["baseline_s"] = time.time() - t0
     log.info("[demo 5/%d] baseline trained in %.1f s -> %s", n, timings["baseline_s"], baseline_ckpt)
@@ -255,9 +263,10 @@ def run_dc_clip_demo(logs: str = "./logs", name: Optional[str] = None, workers: 
         results[who]["model"] = "hf:" + teacher_dir if who == "teacher" else STUDENT_MODEL
     timings["eval_s"] = time.time() - t0
     summarise(results)
-    results["stage1"].update(steps=steps[0], batch_size=cfg["batch_size"], train_s=round(timings["student_s"], 1))
-    results["student"].update(steps=sum(steps), batch_size=cfg["batch_size"], train_s=round(timings["student_s"], 1))
-    results["baseline"].update(steps=sum(steps), batch_size=cfg["batch_size"], train_s=round(timings["baseline_s"], 1))
+    results["stage1"].update(steps=steps[0], batch_size=batch_sizes[0], text_batch_size=text_batch)
+    results["student"].update(steps=sum(steps), stage_steps=steps, stage_batch_sizes=batch_sizes,
+                              train_s=round(timings["student_s"], 1))
+    results["baseline"].update(steps=sum(steps), batch_size=batch_sizes[1], train_s=round(timings["baseline_s"], 1))
     results["student"]["data"] = ("stage 1: %d unpaired images + %d zh/en sentences; stage 2: %d zh/en pairs"
                                   % (corpus["images_count"], corpus["texts_count"], corpus["paired_count"]))
     results["baseline"]["data"] = "paired: %d zh/en image-text pairs" % corpus["paired_count"]
