@@ -152,3 +152,12 @@ def test_cli_feature_run_errors(tiny_corpus, tmp_path):
     assert res.returncode == 2 and "--train-num-samples" in res.stderr.strip().splitlines()[-1]
     res = run_cli_in_process(args + ["--train-num-samples", "16"])  # the text tower would be the teacher's frozen copy
     assert res.returncode == 2 and "--student-text-tower train" in res.stderr.strip().splitlines()[-1]
+    # adapter=False with a 24-wide student and a 32-wide teacher: stopped before training
+    args = base_args(tiny_corpus, tmp_path, "e2", "--distill-loss", "feature", "--distill-loss-kwargs",
+                     "image_weight=0", "adapter=False", "--student-text-tower", "train", "--train-num-samples", "16",
+                     "--model", "test-tiny-student-24")
+    del args[args.index("--train-images"):args.index("--train-images") + 2]
+    res = run_cli_in_process(args)
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode == 2 and "adapter=False needs the student's embedding width (24)" in last, res.stderr
+    assert not list((tmp_path / "e2").glob("checkpoints/*.pt"))
