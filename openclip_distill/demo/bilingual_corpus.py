@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 import tarfile
-from typing import Dict, List, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from ..data.tar_writer import TarShardWriter
 from .chinese import ZEROSHOT_TEMPLATES_ZH, caption_zh, class_names_zh
 from .corpus import (BACKGROUNDS, POSITIONS, ZEROSHOT_TEMPLATES, _balanced_labels, _brace, _chunks,
                      _png_bytes, caption, class_names, missing_paired_classes, render_batch,
-                     reusable_corpus)
+                     reusable_corpus, write_lines)
 
 BILINGUAL_CORPUS_VERSION = 1
 LANGUAGES = ("en", "zh")
@@ -82,14 +82,8 @@ def _write_sentences(path: str, lang: str, seed: int, file_idx: int, labels, for
         free = {"position": POSITIONS[rng.integers(3)][rng.integers(3)],
                 "background": BACKGROUNDS[rng.integers(len(BACKGROUNDS))]}
         lines.append(_draw_caption(lang, int(label), free, rng, forbidden))
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.write("\n".join(lines) + "\n")
+    write_lines(path, lines)
     return len(lines)
-
-
-def _write_lines(path: str, lines: List[str]) -> None:
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.write("\n".join(lines) + "\n")
 
 
 def generate_bilingual_corpus(
@@ -153,8 +147,8 @@ def generate_bilingual_corpus(
     eval_dir = os.path.join(tmp, "eval")
     for lang, names, templates in (("en", class_names(), ZEROSHOT_TEMPLATES),
                                    ("zh", class_names_zh(), ZEROSHOT_TEMPLATES_ZH)):
-        _write_lines(os.path.join(eval_dir, f"classnames.{lang}.txt"), names)
-        _write_lines(os.path.join(eval_dir, f"templates.{lang}.txt"), templates)
+        write_lines(os.path.join(eval_dir, f"classnames.{lang}.txt"), names)
+        write_lines(os.path.join(eval_dir, f"templates.{lang}.txt"), templates)
     write_split("teacher_pairs", n_teacher_pairs, list(range(ncls)), forbidden)
     write_split("images", n_images, list(range(ncls)), forbidden)
     write_split("paired", n_paired, present, forbidden)

@@ -406,6 +406,12 @@ def _write_shard(job) -> Tuple[str, int]:
     return os.path.basename(path), len(labels)
 
 
+def write_lines(path: str, lines: Sequence[str]) -> None:
+    """One line per item, UTF-8, ``\\n`` line ends (the corpus files are the same bytes on every OS)."""
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def _write_sentences(job) -> Tuple[str, int]:
     path, seed, file_idx, labels, forbidden = job
     rng = np.random.default_rng([seed, _SPLIT_IDS["texts"], file_idx])
@@ -418,8 +424,7 @@ def _write_sentences(job) -> Tuple[str, int]:
         while text in forbidden:
             text = caption(int(label), {"position": pos, "background": bg}, rng)
         lines.append(text)
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.write("\n".join(lines) + "\n")
+    write_lines(path, lines)
     return os.path.basename(path), len(labels)
 
 
@@ -525,10 +530,8 @@ def generate_demo_corpus(
                 if m.name.endswith(".txt"):
                     forbidden.add(tar.extractfile(m).read().decode("utf-8"))
     forbidden = frozenset(forbidden)
-    with open(os.path.join(eval_dir, "classnames.txt"), "w") as f:
-        f.write("\n".join(class_names()) + "\n")
-    with open(os.path.join(eval_dir, "templates.txt"), "w") as f:
-        f.write("\n".join(ZEROSHOT_TEMPLATES) + "\n")
+    write_lines(os.path.join(eval_dir, "classnames.txt"), class_names())
+    write_lines(os.path.join(eval_dir, "templates.txt"), ZEROSHOT_TEMPLATES)
 
     jobs, sizes_of = [], {}
     spec = [("teacher_pairs", n_teacher_pairs, all_labels, True, True),
