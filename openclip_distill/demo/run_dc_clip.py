@@ -60,7 +60,7 @@ QUICK = dict(
     corpus=dict(n_teacher_pairs=512, n_images=256, n_texts=256, n_paired=128, n_eval_per_class=1,
                 shard_size=128, texts_per_file=128),
     batch_size=32,
-    stage_overrides=[{"epochs": 1, "train-num-samples": 128, "warmup": 1, "batch-size": 32, "save-frequency": 1},
+    stage_overrides=[{"epochs": 1, "train-num-samples": 128, "warmup": 1, "batch-size": 32},
                      {"epochs": 1, "train-num-samples": 64, "warmup": 1}],
     baseline_lr=1e-3, baseline_wd=0.1, baseline_warmup=1,
     speed_batch=16, speed_iters=2,
