@@ -36,9 +36,8 @@ from typing import Dict, Optional
 import torch
 
 from .blip_teacher import TEACHER_CORPUS, TEACHER_DIR, TRAIN_DEFAULTS
-from .common import publish_demo_results
+from .common import publish_demo_results, run_distill_cli, start_demo_run
 from .corpus import generate_demo_corpus
-from .teacher import preserve_logging
 
 STUDENT_MODEL = "blip-small-narrow"
 DISTILL_SIGNALS = ("vision_hidden", "vision_attention", "text_hidden", "itc_kl", "itm_kl", "cross_attention",
@@ -199,23 +198,9 @@ def run_dlip_demo(logs: str = "./logs", name: Optional[str] = None, workers: int
                   quick: bool = False, cache_dir: Optional[str] = None) -> Dict[str, Dict[str, float]]:
     """Run the whole DLIP demo (see the module docstring); returns the results dict that is also
     written to ``<logs>/<name>/demo_results.json``."""
-    from ..distill import distill as distill_main
-    from ..errors import DistillUsageError
-
     cfg = QUICK if quick else FULL
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = max(1, min(int(workers), cpus))
-    logs = os.path.abspath(os.path.expanduser(logs or "./logs"))
-    name = name or time.strftime("dlip-demo-%Y_%m_%d-%H_%M_%S") + ("-quick" if quick else "")
-    run_dir = os.path.join(logs, name)
-    if os.path.exists(run_dir):
-        raise DistillUsageError(f"--name: {run_dir} already exists; choose a new --name for the demo")
-    os.makedirs(run_dir)
-    cache_dir = cache_dir or os.path.join(logs, "demo_cache")
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(message)s")
-    logging.getLogger().setLevel(logging.INFO)
-    log.setLevel(logging.INFO)
+    run_dir, workers = start_demo_run(logs, name, workers, "dlip-demo", quick)
+    cache_dir = cache_dir or os.path.join(os.path.dirname(run_dir), "demo_cache")
     t_all, timings = time.time(), {}
     log.info("[dlip demo] %s run -> %s (%d DataLoader worker(s), seed %d)", "quick" if quick else "full",
              run_dir, workers, seed)
@@ -240,12 +225,7 @@ def run_dlip_demo(logs: str = "./logs", name: Optional[str] = None, workers: int
         log.info("[dlip demo %d/5] %s: %s, ~%d steps of %d pairs: python -m openclip_distill.main %s", i, who,
                  "DLIP distillation" if who == "student" else "task losses only", steps, cfg["batch_size"],
                  " ".join(argv))
-        threads = torch.get_num_threads()
-        with preserve_logging():
-            rc = distill_main(argv)
-        torch.set_num_threads(threads)
-        if rc != 0:
-            raise RuntimeError(f"the {who} run failed (exit {rc}); see {run_dir}/{who}/out.log")
+        run_distill_cli(argv, who, f"{run_dir}/{who}/out.log")
         out_dirs[who] = os.path.join(run_dir, who, "student")
         timings[f"{who}_s"] = time.time() - t0
         log.info("[dlip demo %d/5] %s trained in %.1f s -> %s", i, who, timings[f"{who}_s"], out_dirs[who])
